@@ -1,0 +1,19 @@
+"""mmpipe: multimodal inference at scale.
+
+The library API is what the CLI calls: ``mmpipe.embed(input, out, **options)``.
+"""
+
+from .errors import ConfigError, MmpipeError, ModelLoadError, OutputDirError
+from .jobs.embed import EmbedConfig, embed
+from .jobs.runner import JobResult
+from .sinks import OutputDir
+
+
+def read_output(out_dir) -> "pyarrow.Table":  # noqa: F821
+    """Every committed row of a job's output folder as one Arrow table."""
+    return OutputDir(out_dir).read_table()
+
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "EmbedConfig", "JobResult", "MmpipeError", "ModelLoadError",
+           "OutputDirError", "embed", "read_output"]

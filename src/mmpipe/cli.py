@@ -1,0 +1,113 @@
+"""The command line: parses flags, calls the library, prints one summary. Nothing else."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+# typer vendors its own click; its exception classes are only reachable here.
+from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+from .errors import MmpipeError
+from .jobs.runner import JobResult
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multimodal inference at scale: embed and moderate images and text.")
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Multimodal inference at scale: embed and moderate images and text."""
+
+
+@app.command()
+def embed(
+    input: str = typer.Argument(..., help="Folder, glob, manifest (.csv/.jsonl/.parquet), .tar shards, "
+                                          "or an fsspec URL (s3://…) of any of these."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder for part-*.parquet shards."),
+    model: str = typer.Option("hf:openai/clip-vit-base-patch32", help="hf:<repo-or-dir>, "
+                              "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
+    batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
+    decode_workers: int = typer.Option(2, help="Threads decoding and preprocessing images."),
+    read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
+    overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
+    shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
+    id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
+    image_column: Optional[str] = typer.Option(None, help="Manifest column with image paths or URLs."),
+    text_column: Optional[str] = typer.Option(None, help="Manifest column with captions."),
+    allow_private_urls: bool = typer.Option(False, help="Allow URLs to loopback/private addresses and file://."),
+    max_pixels: int = typer.Option(64_000_000, help="Refuse images with more pixels (decompression bombs)."),
+    max_bytes: int = typer.Option(64 * 1024 * 1024, help="Refuse input files larger than this."),
+    fast_decode: bool = typer.Option(True, help="Let the JPEG decoder downscale large photos (faster)."),
+    allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights; they can run code."),
+    storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable), "
+                                             "e.g. endpoint_url=http://…"),
+    progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Embed images and captions with CLIP into Parquet shards (resumable)."""
+    from .jobs.embed import embed as run
+
+    result = run(input, out, model=model, batch_size=batch_size, decode_workers=decode_workers,
+                 read_workers=read_workers, device=device, precision=precision, limit=limit,
+                 overwrite=overwrite, shard_size=shard_size, id_column=id_column,
+                 image_column=image_column, text_column=text_column,
+                 allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
+                 fast_decode=fast_decode, allow_pickle=allow_pickle,
+                 storage_options=parse_storage_options(storage_option), progress=progress)
+    print_summary("embedded", result)
+
+
+def parse_storage_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, not {pair!r}", param_hint="'--storage-option'")
+        options[key] = value
+    return options
+
+
+def print_summary(verb: str, result: JobResult) -> None:
+    random = " [yellow](random weights: benchmark only, not meaningful)[/]" if result.manifest.get("random_weights") else ""
+    err.print(f"{verb} {result.ok + result.errors} items: {result.ok} ok, {result.errors} errors, "
+              f"{result.items_per_s:.1f} items/s"
+              + (f", {result.skipped} already done" if result.skipped else "")
+              + (f", {result.duplicates} duplicate ids ignored" if result.duplicates else "")
+              + f" → {result.out}{random}")
+    for reason, count in result.top_errors:
+        err.print(f"  {count} × {reason}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage and config errors are one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="mmpipe", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("mmpipe: aborted")
+        sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        err.print(exc.ctx.get_help(), markup=False)
+        sys.exit(2)
+    except UsageError as exc:
+        hint = f" (see 'mmpipe {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+        err.print(f"mmpipe: error: {exc.format_message()}{hint}", markup=False)
+        sys.exit(2)
+    except MmpipeError as exc:
+        err.print(f"mmpipe: error: {exc}", markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("mmpipe: interrupted; re-run the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

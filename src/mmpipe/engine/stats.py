@@ -1,0 +1,51 @@
+"""What an engine measured while running: throughput and where the time went."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StageStats:
+    name: str
+    concurrency: int
+    items: int = 0
+    batches: int = 0
+    busy_s: float = 0.0
+
+    def busy_share(self, wall_s: float) -> float:
+        """Fraction of the stage's worker-time spent working rather than waiting."""
+        return self.busy_s / (wall_s * self.concurrency) if wall_s > 0 else 0.0
+
+
+@dataclass
+class EngineStats:
+    wall_s: float = 0.0  # from the end of setup (model loading) to the last record
+    setup_s: float = 0.0
+    items: int = 0
+    stages: list[StageStats] = field(default_factory=list)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def bottleneck(self) -> str | None:
+        """The stage whose workers were busiest: adding workers there is what would help."""
+        if not self.stages:
+            return None
+        return max(self.stages, key=lambda s: s.busy_share(self.wall_s)).name
+
+    def to_dict(self) -> dict:
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "setup_s": round(self.setup_s, 3),
+            "items": self.items,
+            "items_per_s": round(self.items_per_s, 3),
+            "bottleneck": self.bottleneck,
+            "stages": [
+                {**asdict(s), "busy_s": round(s.busy_s, 3),
+                 "busy_share": round(s.busy_share(self.wall_s), 4)}
+                for s in self.stages
+            ],
+        }

@@ -1,0 +1,1 @@
+"""Jobs: a source, a list of stages and a sink, run by an engine."""

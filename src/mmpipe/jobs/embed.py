@@ -1,0 +1,175 @@
+"""The embedding job: items → read → decode + preprocess → CLIP towers → Parquet shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from ..errors import ConfigError
+from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
+from ..models.clip import LoadedClip
+from ..records import Decoded, Item, Record, Scored, failed
+from ..sources import SourceOptions, open_source
+from ..sources.options import DEFAULT_MAX_BYTES, read_item
+from ..stage import Resources, Stage
+from .runner import JobResult, JobSpec, run_job
+
+
+class EmbedConfig(BaseModel):
+    """Every option of ``mmpipe embed``; field names are the CLI flags with dashes."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    input: str
+    out: str
+    model: str = DEFAULT_CLIP
+    batch_size: int = Field(16, ge=1, le=4096)
+    decode_workers: int = Field(2, ge=1, le=256)
+    read_workers: int = Field(8, ge=1, le=256)
+    device: str = "cpu"
+    precision: str = "fp32"
+    limit: int | None = Field(None, ge=0)
+    overwrite: bool = False
+    shard_size: int = Field(10_000, ge=1)
+    id_column: str | None = None
+    image_column: str | None = None
+    text_column: str | None = None
+    allow_private_urls: bool = False
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    # JPEG DCT-domain downscaling while decoding (see decode_image); off for bit-exact preprocessing.
+    fast_decode: bool = True
+    allow_pickle: bool = False
+    storage_options: dict = Field(default_factory=dict)
+
+    @classmethod
+    def build(cls, **values) -> "EmbedConfig":
+        """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "config"
+            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
+            raise ConfigError(flag, err["msg"]) from None
+
+
+def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
+    """Embed every image and caption of ``input`` into Parquet shards under ``out``.
+
+    Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes.
+    """
+    cfg = EmbedConfig.build(input=input, out=out, **options)
+    clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle)
+    source = SourceOptions(id_column=cfg.id_column, image_column=cfg.image_column,
+                           text_column=cfg.text_column, storage_options=cfg.storage_options,
+                           allow_private_urls=cfg.allow_private_urls, max_bytes=cfg.max_bytes)
+    job = JobSpec(
+        label="embed",
+        signature={"job": "embed", "model": str(clip.spec), "precision": cfg.precision},
+        items=open_source(cfg.input, source),
+        stages=embed_stages(clip, cfg),
+        to_table=lambda records: embeddings_table(records, clip.dim),
+        manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,
+                  "dimension": clip.dim, "precision": cfg.precision, "input": cfg.input,
+                  "columns": [f.name for f in embedding_schema(clip.dim)]},
+    )
+    return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
+                   overwrite=cfg.overwrite, progress=progress)
+
+
+def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
+    pre = clip.preprocessor
+    min_side = pre.resize_to if cfg.fast_decode else None
+    return [
+        Stage("read", lambda: per_item("read", read_item), concurrency=cfg.read_workers,
+              resources=Resources(num_cpus=0.25)),
+        Stage("decode", lambda: per_item("decode", lambda r: preprocess(r, pre, cfg.max_pixels, min_side)),
+              concurrency=cfg.decode_workers),
+        Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size,
+              resources=Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)),
+    ]
+
+
+def per_item(stage: str, fn):
+    """A batch function that applies ``fn`` to each record, turning its failure into an error row."""
+    def run(batch: Sequence[Record]) -> list[Record]:
+        out = []
+        for record in batch:
+            try:
+                out.append(fn(record))
+            except (OSError, ValueError, EOFError) as exc:
+                out.append(failed(record, f"{stage}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - one bad item never fails the job
+                out.append(failed(record, f"{stage}: {type(exc).__name__}: {exc}"))
+        return out
+    return run
+
+
+def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int | None) -> Decoded:
+    decoded = Decoded(id=item.id, uri=item.uri, text=item.text)
+    if item.data is not None:
+        try:
+            img, (decoded.width, decoded.height) = decode_image(item.data, max_pixels, min_side)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+        decoded.pixels = pre.image(img)
+    if item.text:
+        decoded.tokens = pre.text(item.text)
+    return decoded
+
+
+class EmbedBatch:
+    """The model stage's batch function: one per model worker, owning its weights."""
+
+    def __init__(self, clip: LoadedClip):
+        self.embedder = clip.make_embedder()
+
+    def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
+        out = [Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height) for r in batch]
+        images = [i for i, r in enumerate(batch) if r.pixels is not None]
+        if images:
+            vectors = self.embedder.embed_images(np.stack([batch[i].pixels for i in images]))
+            for i, v in zip(images, vectors):
+                out[i].outputs["image_embedding"] = v
+        texts = [i for i, r in enumerate(batch) if r.tokens is not None]
+        if texts:
+            vectors = self.embedder.embed_texts([batch[i].tokens for i in texts])
+            for i, v in zip(texts, vectors):
+                out[i].outputs["text_embedding"] = v
+        return out
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema([
+        ("id", pa.string()), ("uri", pa.string()), ("text", pa.string()),
+        ("image_embedding", vector), ("text_embedding", vector),
+        ("width", pa.int32()), ("height", pa.int32()), ("error", pa.string()),
+    ])
+
+
+def embeddings_table(records: Sequence[Record], dim: int) -> pa.Table:
+    def vectors(name: str) -> pa.Array:
+        rows = [getattr(r, "outputs", {}).get(name) for r in records]
+        flat = np.zeros((len(rows), dim), dtype=np.float32)
+        for i, v in enumerate(rows):
+            if v is not None:
+                flat[i] = v
+        mask = pa.array([v is None for v in rows])
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=mask)
+
+    return pa.Table.from_arrays([
+        pa.array([r.id for r in records], pa.string()),
+        pa.array([r.uri for r in records], pa.string()),
+        pa.array([r.text for r in records], pa.string()),
+        vectors("image_embedding"), vectors("text_embedding"),
+        pa.array([getattr(r, "width", None) for r in records], pa.int32()),
+        pa.array([getattr(r, "height", None) for r in records], pa.int32()),
+        pa.array([r.error for r in records], pa.string()),
+    ], schema=embedding_schema(dim))

@@ -1,0 +1,107 @@
+"""What every batch job shares: resume, dedupe, limit, progress, shards, manifest and stats."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import pyarrow as pa
+
+from ..engine import EngineStats, LocalEngine
+from ..records import Item, Record
+from ..sinks import OutputDir, ParquetShardSink
+from ..sinks.output_dir import MANIFEST, STATS
+from ..stage import Stage
+from .progress import JobProgress
+
+
+@dataclass
+class JobResult:
+    out: Path
+    ok: int  # rows written without error, this run
+    errors: int  # error rows written this run
+    skipped: int  # ids already committed by an earlier run
+    duplicates: int  # repeated ids in the input, listed once
+    stats: EngineStats
+    top_errors: list[tuple[str, int]] = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.stats.items_per_s
+
+
+@dataclass
+class JobSpec:
+    """One job's parts; the runner does the rest."""
+
+    label: str
+    signature: dict  # what produced the output; a resume with another one is refused
+    items: Iterable[Item]
+    stages: Sequence[Stage]
+    to_table: Callable[[Sequence[Record]], pa.Table]
+    manifest: dict  # job-specific manifest fields (model, dimension…)
+
+
+def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None,
+            overwrite: bool, progress: bool | None = None) -> JobResult:
+    out_dir = OutputDir(out)
+    commits = out_dir.open(job.signature, overwrite)
+    done = {i for c in commits for i in c.ids}
+    manifest = {**job.manifest, "signature": job.signature, "status": "running"}
+    out_dir.write_json(MANIFEST, manifest)
+
+    sink = ParquetShardSink(out_dir, job.to_table, shard_size, out_dir.next_shard_index(commits))
+    reasons: Counter[str] = Counter()
+    counts = Counter()
+    started = time.time()
+    with JobProgress(job.label, progress) as bar:
+        def consume(record: Record) -> None:
+            sink.add(record)
+            if record.error is not None:
+                reasons[_reason_kind(record.error)] += 1
+            bar.on_done(record.error is not None)
+
+        pending = _pending(job.items, done, limit, counts, bar)
+        stats = LocalEngine().run(pending, job.stages, consume)
+        sink.flush()
+
+    commits = out_dir.log.read()
+    total_errors = sum(c.errors for c in commits)
+    total_rows = sum(len(c.ids) for c in commits)
+    manifest.update(status="complete", shards=len(commits),
+                    counts={"rows": total_rows, "ok": total_rows - total_errors, "errors": total_errors},
+                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    out_dir.write_json(MANIFEST, manifest)
+    out_dir.write_json(STATS, {**stats.to_dict(), "started_at": started,
+                               "skipped_committed": counts["skipped"]})
+    return JobResult(out=out_dir.path, ok=sink.rows - sink.errors, errors=sink.errors,
+                     skipped=counts["skipped"], duplicates=counts["duplicates"], stats=stats,
+                     top_errors=reasons.most_common(5), manifest=manifest)
+
+
+def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: Counter,
+             bar: JobProgress) -> Iterator[Item]:
+    """Items still to do: the first ``limit`` listed, minus committed ids, each id once."""
+    seen: set[str] = set()
+    for n, item in enumerate(items):
+        if limit is not None and n >= limit:
+            break
+        if item.id in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(item.id)
+        if item.id in done:
+            counts["skipped"] += 1
+            continue
+        bar.on_listed()
+        yield item
+    bar.on_listing_done()
+
+
+def _reason_kind(error: str) -> str:
+    """Group error messages by stage and kind ("decode: corrupt image"), without details."""
+    return ":".join(error.split(":")[:2]).strip()

@@ -1,0 +1,218 @@
+"""CLIP twin-tower embeddings with transformers, without torchvision.
+
+Split in two so each runs where it belongs: ``ClipPreprocessor`` (resize, crop, normalise,
+tokenise; no weights, cheap to share across decode threads) and ``ClipEmbedder`` (the weights,
+owned by one model worker).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, ModelLoadError
+from .byte_tokenizer import byte_tokenizer
+from .spec import ModelSpec
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# Architectures ``random:`` can build: the published configs, with random weights.
+RANDOM_ARCHS = {
+    "ViT-B-32": dict(
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_attention_heads=8,
+                         num_hidden_layers=12, max_position_embeddings=77),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                           num_hidden_layers=12, patch_size=32, image_size=224),
+        projection_dim=512),
+}
+
+
+@dataclass(frozen=True)
+class ClipPreprocessor:
+    resize_to: int  # shortest edge after resizing
+    crop: int  # square centre crop
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tokenizer: object
+    max_tokens: int
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        """RGB image → (3, crop, crop) float32, as CLIP's reference image processor does it."""
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.resize_to * long / short)
+        size = (self.resize_to, new_long) if w <= h else (new_long, self.resize_to)
+        if size != img.size:
+            img = img.resize(size, Image.BICUBIC)
+        arr = np.asarray(img)
+        top = (arr.shape[0] - self.crop) // 2
+        left = (arr.shape[1] - self.crop) // 2
+        arr = arr[max(top, 0): max(top, 0) + self.crop, max(left, 0): max(left, 0) + self.crop]
+        out = arr.astype(np.float32) * np.float32(1 / 255)
+        out -= np.asarray(self.mean, dtype=np.float32)
+        out /= np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def text(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
+        return np.asarray(ids, dtype=np.int64)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+
+class ClipEmbedder:
+    """Owns the weights; turns batches of preprocessed inputs into L2-normalised vectors."""
+
+    def __init__(self, model, device: str = "cpu", precision: str = "fp32", pad_id: int = 0):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.model = model.to(self.device, self.dtype).eval()
+        self.dim = int(model.config.projection_dim)
+        self.pad_id = pad_id
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels).to(self.device, self.dtype, non_blocking=True)
+            return self._normalised(self.model.get_image_features(pixel_values=x))
+
+    def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
+        """Pads to the longest text in the batch (not to 77): the text tower costs per token."""
+        torch = self.torch
+        longest = max(len(t) for t in token_lists)
+        ids = np.full((len(token_lists), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, t in enumerate(token_lists):
+            ids[i, : len(t)] = t
+            mask[i, : len(t)] = 1
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=torch.from_numpy(ids).to(self.device),
+                                               attention_mask=torch.from_numpy(mask).to(self.device))
+            return self._normalised(out)
+
+    def _normalised(self, out) -> np.ndarray:
+        # transformers 5 returns an output object whose pooler_output is the projected vector.
+        feats = out if isinstance(out, self.torch.Tensor) else out.pooler_output
+        feats = feats.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return feats.cpu().numpy()
+
+
+@dataclass(frozen=True)
+class LoadedClip:
+    preprocessor: ClipPreprocessor
+    # Builds an embedder: called once per model worker, so each replica owns its weights.
+    make_embedder: Callable[[], ClipEmbedder]
+    dim: int
+    spec: ModelSpec
+
+
+def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32",
+              allow_pickle: bool = False) -> LoadedClip:
+    """Resolve ``spec`` and read everything but the weights; the weights load per worker."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # ours is the only progress bar on the terminal
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    check_device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if spec.kind == "random":
+        return _load_random(spec, device, precision)
+    folder = spec.local_dir()
+    _require_weights(folder, allow_pickle)
+    try:
+        from transformers import AutoTokenizer, CLIPConfig
+
+        config = CLIPConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load CLIP checkpoint from {folder}: {exc}") from None
+    pre = _preprocessor(folder, config, tokenizer)
+
+    def make() -> ClipEmbedder:
+        from transformers import CLIPModel
+
+        model = CLIPModel.from_pretrained(folder, use_safetensors=not allow_pickle)
+        return ClipEmbedder(model, device, precision, pre.pad_id)
+
+    return LoadedClip(pre, make, int(config.projection_dim), spec)
+
+
+def check_device(device: str) -> None:
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError("--device", f"expected cpu or cuda[:N], not {device!r}")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device", "CUDA is not available on this machine")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError("--device", f"no CUDA device {index} "
+                                          f"(this machine has {torch.cuda.device_count()})")
+
+
+def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
+    from transformers import CLIPConfig
+
+    arch = RANDOM_ARCHS.get(spec.target)
+    if arch is None:
+        raise ConfigError("--model", f"unknown random architecture {spec.target!r}; "
+                                     f"known: {', '.join(RANDOM_ARCHS)}")
+    tokenizer = byte_tokenizer(arch["text_config"]["max_position_embeddings"])
+    config = CLIPConfig(**arch)
+    for key, token in (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
+                       ("pad_token_id", tokenizer.pad_token)):
+        setattr(config.text_config, key, tokenizer.convert_tokens_to_ids(token))
+    pre = _preprocessor(None, config, tokenizer)
+
+    def make() -> ClipEmbedder:
+        import torch
+        from transformers import CLIPModel
+
+        torch.manual_seed(0)  # every replica and every run gets the same random weights
+        return ClipEmbedder(CLIPModel(config), device, precision, pre.pad_id)
+
+    return LoadedClip(pre, make, int(config.projection_dim), spec)
+
+
+def _require_weights(folder: Path, allow_pickle: bool) -> None:
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+    if pickled and not allow_pickle:
+        raise ModelLoadError(f"{folder} has only pickle weights ({', '.join(pickled)}); they can run "
+                             "code when loaded. Convert them to safetensors, or pass --allow-pickle")
+    if not pickled:
+        raise ModelLoadError(f"no weights (*.safetensors) in {folder}")
+
+
+def _preprocessor(folder: Path | None, config, tokenizer) -> ClipPreprocessor:
+    """Read preprocessor_config.json directly: transformers' CLIP processor needs torchvision."""
+    image_size = int(config.vision_config.image_size)
+    raw = {}
+    if folder is not None and (folder / "preprocessor_config.json").is_file():
+        raw = json.loads((folder / "preprocessor_config.json").read_text())
+    size = raw.get("size", image_size)
+    crop = raw.get("crop_size", image_size)
+    return ClipPreprocessor(
+        resize_to=int(size.get("shortest_edge", image_size) if isinstance(size, dict) else size),
+        crop=int(crop.get("height", image_size) if isinstance(crop, dict) else crop),
+        mean=tuple(raw.get("image_mean", OPENAI_MEAN)),
+        std=tuple(raw.get("image_std", OPENAI_STD)),
+        tokenizer=tokenizer,
+        max_tokens=int(config.text_config.max_position_embeddings),
+    )

@@ -1,0 +1,59 @@
+"""An append-only log of committed shards: the single source of truth for what is done.
+
+A shard counts as written only once its line is in the log (appended and fsynced after the
+shard's atomic rename). A crash between rename and log line leaves an orphan shard that the next
+run deletes; a crash mid-line leaves a torn last line that is ignored. Either way each id ends up
+in exactly one committed shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Commit:
+    shard: str
+    ids: list[str]
+    errors: int
+
+
+class CommitLog:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> list[Commit]:
+        if not self.path.exists():
+            return []
+        commits = []
+        for line in self.path.read_bytes().splitlines():
+            try:
+                entry = json.loads(line)
+                commits.append(Commit(entry["shard"], entry["ids"], entry["errors"]))
+            except (ValueError, KeyError, TypeError):
+                break  # a torn final line from a crash: nothing after it was committed
+        return commits
+
+    def repair(self, commits: list[Commit]) -> None:
+        """Rewrite the log as exactly ``commits``, dropping a torn tail before appending to it."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            for c in commits:
+                f.write(_line(c))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def append(self, commit: Commit) -> None:
+        with open(self.path, "ab") as f:
+            f.write(_line(commit))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _line(c: Commit) -> bytes:
+    return (json.dumps({"shard": c.shard, "ids": c.ids, "errors": c.errors},
+                       ensure_ascii=False) + "\n").encode()

@@ -1,0 +1,77 @@
+"""Folders and globs of image files, local or on any fsspec filesystem.
+
+As in clip-retrieval, an image's caption is the sidecar ``.txt`` file with the same stem.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Iterator
+
+from ..records import Item
+from .options import SourceOptions, decode_text, read_capped
+
+# Files with these suffixes are items; a file that claims to be an image but is not (or is a
+# format we cannot decode) becomes an error row, so nothing that looks like an image is skipped.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm",
+                  ".pgm", ".pbm", ".ico", ".heic", ".heif", ".avif", ".jp2", ".jfif")
+CAPTION_SUFFIX = ".txt"
+
+
+def is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def iter_directory(fs, root: str, options: SourceOptions) -> Iterator[Item]:
+    """Walk ``root`` one directory at a time, in sorted order, so listing streams."""
+    root = root.rstrip("/")
+    for dirpath, dirnames, filenames in fs.walk(root):
+        dirnames.sort()
+        names = sorted(n for n in filenames if not n.startswith("."))
+        yield from _items(fs, dirpath, names, root, options)
+
+
+def iter_glob(fs, pattern: str, matches: list[str], options: SourceOptions) -> Iterator[Item]:
+    base = _glob_base(pattern)
+    by_dir: dict[str, list[str]] = {}
+    for m in matches:
+        by_dir.setdefault(posixpath.dirname(m), []).append(posixpath.basename(m))
+    for dirpath, names in by_dir.items():
+        yield from _items(fs, dirpath, names, base, options, match_all=True)
+
+
+def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions,
+           match_all: bool = False) -> Iterator[Item]:
+    captions = {posixpath.splitext(n)[0]: n for n in names if n.lower().endswith(CAPTION_SUFFIX)}
+    for name in names:
+        lowered = name.lower()
+        if lowered.endswith(CAPTION_SUFFIX) or not (match_all or lowered.endswith(IMAGE_SUFFIXES)):
+            continue
+        path = posixpath.join(dirpath, name)
+        caption = captions.get(posixpath.splitext(name)[0])
+        yield Item(id=_relative(path, root), uri=fs.unstrip_protocol(path),
+                   read=_reader(fs, path, caption and posixpath.join(dirpath, caption), options))
+
+
+def _reader(fs, path: str, caption_path: str | None, options: SourceOptions):
+    def read() -> tuple[bytes, str | None]:
+        data = read_capped(fs, path, options.max_bytes)
+        text = decode_text(read_capped(fs, caption_path, options.max_bytes)) if caption_path else None
+        return data, text
+    return read
+
+
+def _relative(path: str, root: str) -> str:
+    rel = posixpath.relpath(path, root) if root else path
+    return posixpath.basename(path) if rel == "." else rel
+
+
+def _glob_base(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard: ids are relative to it."""
+    parts = pattern.split("/")
+    fixed = []
+    for part in parts[:-1]:
+        if is_glob(part):
+            break
+        fixed.append(part)
+    return "/".join(fixed)

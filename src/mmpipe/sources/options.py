@@ -1,0 +1,44 @@
+"""How a source finds and reads its items."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..records import Item
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# Captions longer than this are cut: the text tower sees at most a few dozen tokens anyway.
+MAX_TEXT_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    id_column: str | None = None
+    image_column: str | None = None
+    text_column: str | None = None
+    storage_options: dict = field(default_factory=dict)
+    allow_private_urls: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+def read_capped(fs, path: str, max_bytes: int) -> bytes:
+    """Bytes of ``path``; files over the cap are refused without reading them whole."""
+    with fs.open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"too large: exceeds the {max_bytes}-byte limit")
+    return data
+
+
+def decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")[:MAX_TEXT_CHARS].strip()
+
+
+def read_item(item: Item) -> Item:
+    """The read stage's work on one item: fill in its bytes and caption."""
+    if item.read is not None:
+        data, text = item.read()
+        item.data, item.read = data, None
+        if text is not None:
+            item.text = text
+    return item

@@ -1,0 +1,36 @@
+"""A stage is data + function + resources; engines decide how to run it.
+
+The engine knows nothing about models and a stage knows nothing about threads or Ray: the same
+list of stages runs on the local engine, on Ray Data and inside the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .records import Record
+
+BatchFn = Callable[[Sequence[Record]], list[Record]]
+
+
+@dataclass(frozen=True)
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """``setup`` runs once per worker and returns the batch function that worker calls.
+
+    A model stage loads its weights in ``setup``, so each replica owns one model. The batch
+    function gets only healthy records and must return one record per input, in order; a record
+    it cannot handle comes back as ``failed(record, reason)``.
+    """
+
+    name: str
+    setup: Callable[[], BatchFn]
+    batch_size: int = 1
+    concurrency: int = 1
+    resources: Resources = field(default_factory=Resources)

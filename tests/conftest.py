@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny CLIP checkpoint saved the way a user's real one is, and small images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TINY_IMAGE = 32
+
+
+def save_tiny_clip(folder: Path) -> Path:
+    """A 2-layer CLIP saved as safetensors + tokenizer + preprocessor config, like a hub repo."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from mmpipe.models.byte_tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer(max_length=32)
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
+           (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
+            ("pad_token_id", tokenizer.pad_token))}
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=32, **ids),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                           num_hidden_layers=2, image_size=TINY_IMAGE, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(1234)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": TINY_IMAGE}, "crop_size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
+        "do_center_crop": True, "do_resize": True, "do_normalize": True, "do_rescale": True,
+        "rescale_factor": 1 / 255, "resample": 3,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_spec(tiny_clip) -> str:
+    return f"path:{tiny_clip}"
+
+
+def photo(seed: int, size=(96, 64)) -> Image.Image:
+    """A smooth, photo-like RGB image (gradients + blobs), distinct per seed."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    arr = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.02, 0.2, 2).tolist() + [rng.uniform(0, 6.28)]
+        arr[..., c] = 127 + 120 * np.sin(fx * x + fy * y + phase)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    """Eight images (JPEG and PNG), half with sidecar captions."""
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(8):
+        target = folder / ("sub" if i % 3 == 0 else "") / f"img{i}.{'jpg' if i % 2 else 'png'}"
+        photo(i).save(target)
+        if i % 2 == 0:
+            target.with_suffix(".txt").write_text(f"a picture number {i}")
+    return folder
