@@ -37,12 +37,23 @@ def iter_glob(fs, pattern: str, matches: list[str], options: SourceOptions) -> I
     for m in matches:
         by_dir.setdefault(posixpath.dirname(m), []).append(posixpath.basename(m))
     for dirpath, names in by_dir.items():
-        yield from _items(fs, dirpath, names, base, options, match_all=True)
+        yield from _items(fs, dirpath, names, base, options, match_all=True,
+                          siblings=_siblings(fs, dirpath, names))
+
+
+def _siblings(fs, dirpath: str, names: list[str]) -> list[str]:
+    # A pattern like ``*.jpg`` does not match the ``.txt`` captions beside the images, but they
+    # are still the images' captions, as they are when the folder itself is the input.
+    try:
+        return [posixpath.basename(p.rstrip("/")) for p in fs.ls(dirpath, detail=False)]
+    except OSError:
+        return names
 
 
 def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions,
-           match_all: bool = False) -> Iterator[Item]:
-    captions = {posixpath.splitext(n)[0]: n for n in names if n.lower().endswith(CAPTION_SUFFIX)}
+           match_all: bool = False, siblings: list[str] | None = None) -> Iterator[Item]:
+    captions = {posixpath.splitext(n)[0]: n for n in (siblings or names)
+                if n.lower().endswith(CAPTION_SUFFIX)}
     for name in names:
         lowered = name.lower()
         if lowered.endswith(CAPTION_SUFFIX) or not (match_all or lowered.endswith(IMAGE_SUFFIXES)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import posixpath
 from typing import Any, Iterator
@@ -26,25 +27,34 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 ID_COLUMNS = ("id", "key", "uid")
 IMAGE_COLUMNS = ("image", "image_path", "image_url", "url", "path", "filepath", "file")
 TEXT_COLUMNS = ("text", "caption", "title")
+# Rows read ahead to decide the columns.
+HEAD_ROWS = 100
 
 
 def iter_manifest(fs, path: str, options: SourceOptions) -> Iterator[Item]:
+    """Items of the manifest at ``path``.
+
+    The columns are checked here, not when the first item is asked for, so a bad --*-column
+    stops the job before a model loads or an output folder is made.
+    """
     rows = _rows(fs, path)
-    first = next(rows, None)
-    if first is None:
-        return
-    columns = _Columns(first[1] if isinstance(first[1], dict) else {}, options)
-    base = posixpath.dirname(path)
-    for number, row in _chain(first, rows):
+    # JSONL rows need not share their keys (a text-only row may have no image key, a first
+    # line may be broken), so the columns come from the keys of the first rows together.
+    head = list(itertools.islice(rows, HEAD_ROWS))
+    if not head:
+        return iter(())
+    names = [k for k in dict.fromkeys(k for _, row in head if isinstance(row, dict) for k in row)
+             if isinstance(k, str)]  # csv.DictReader files extra fields under None
+    columns = _Columns(names, options)
+    return _items(itertools.chain(head, rows), columns, fs, posixpath.dirname(path), options)
+
+
+def _items(rows, columns: "_Columns", fs, base: str, options: SourceOptions) -> Iterator[Item]:
+    for number, row in rows:
         if not isinstance(row, dict):
             yield Item(id=f"row-{number}", error=f"manifest row {number}: {row}")
             continue
         yield columns.item(number, row, fs, base, options)
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
 
 
 def _rows(fs, path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -76,10 +86,9 @@ def _rows(fs, path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
 
 
 class _Columns:
-    """Which columns hold id, image and text, decided once from the first row."""
+    """Which columns hold id, image and text, decided once from the first rows' keys."""
 
-    def __init__(self, first_row: dict[str, Any], options: SourceOptions):
-        names = list(first_row)
+    def __init__(self, names: list[str], options: SourceOptions):
         self.id = self._pick(names, options.id_column, ID_COLUMNS, "--id-column")
         self.image = self._pick(names, options.image_column, IMAGE_COLUMNS, "--image-column")
         self.text = self._pick(names, options.text_column, TEXT_COLUMNS, "--text-column")
@@ -125,7 +134,9 @@ def _locate(location: str, fs, base: str, options: SourceOptions):
         other_fs, path = fsspec.core.url_to_fs(location, **options.storage_options)
     else:
         other_fs = fs
+        # Object stores have no "..": resolve it here, as a local filesystem would.
         path = location if posixpath.isabs(location) else posixpath.join(base, location)
+        path = posixpath.normpath(path)
 
     def read_path() -> tuple[bytes, None]:
         return read_capped(other_fs, path, options.max_bytes), None
