@@ -1,0 +1,172 @@
+"""Embedding throughput, side by side in one run: a naive loop vs ``mmpipe.embed`` vs the bare model.
+
+Same model (``random:ViT-B-32``, fp32, identical weights), same N real-photo JPEGs (made once by
+``mmpipe.sample_data`` into ``bench_data/``, which is git-ignored):
+
+  (a) naive loop: PIL open → transformers' ``CLIPImageProcessorPil`` → ``get_image_features`` at
+      batch 1 under ``torch.inference_mode()``, one image after the other;
+  (b) ``mmpipe.embed`` on the folder: the whole job (read, decode, preprocess, embed, write
+      Parquet) without model setup (``stats.wall_s``), and with it (the whole call);
+  (c) the model's forward alone on pre-decoded tensors, at (b)'s batch size: the ceiling.
+
+Then the peak RSS of ``mmpipe embed`` as a subprocess on N and on 10·N images (the N files listed
+10 times in a CSV manifest with distinct ids): it should stay flat.
+
+    python benchmarks/embed_throughput.py            # N=500, batch 16 (many minutes on a laptop CPU)
+    python benchmarks/embed_throughput.py --quick    # N=40, a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mmpipe
+from mmpipe.models import load_clip
+from mmpipe.sample_data import make_sample_images
+
+MODEL = "random:ViT-B-32"
+ROOT = Path(__file__).resolve().parent.parent
+# Runs a command and prints the peak RSS (KiB on Linux) of it and its children, as the last line.
+PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=500, help="Number of JPEGs (default 500).")
+    ap.add_argument("--batch-size", type=int, default=16, help="Batch size of (b) and (c).")
+    ap.add_argument("--size", default="640x480", help="WxH of the JPEGs (default 640x480).")
+    ap.add_argument("--data", type=Path, default=ROOT / "bench_data", help="Cache folder.")
+    ap.add_argument("--skip-rss", action="store_true", help="Skip the peak-RSS runs.")
+    ap.add_argument("--quick", action="store_true", help="N=40: a smoke check, not a measurement.")
+    args = ap.parse_args()
+    n = 40 if args.quick else args.n
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    bs = args.batch_size
+
+    import torch
+
+    t = time.perf_counter()
+    folder = make_sample_images(args.data / f"jpeg-{w}x{h}-n{n}", n=n, size=(w, h), captions=False,
+                                broken=False, png_share=0)
+    files = sorted(folder.glob("*.jpg"))
+    assert len(files) == n, f"expected {n} JPEGs in {folder}, found {len(files)}"
+    print(f"data: {n} JPEGs {w}x{h} in {folder} ({time.perf_counter() - t:.1f} s to make or find)")
+    print(f"model: {MODEL} fp32 on cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}")
+
+    # One set of weights for (a) and (c); mmpipe.embed builds the same ones (seeded) for (b).
+    model = load_clip(MODEL).make_embedder().model
+    with torch.inference_mode():  # warm up kernels and allocator for every mode alike
+        for _ in range(3):
+            model.get_image_features(pixel_values=torch.zeros(1, 3, 224, 224))
+            model.get_image_features(pixel_values=torch.zeros(bs, 3, 224, 224))
+
+    rows = []
+    a_rate, pixels = naive_loop(model, files)
+    rows.append(("(a) naive loop: PIL + CLIPImageProcessorPil + forward, batch 1", a_rate, n / a_rate))
+
+    out = args.data / "out-throughput"
+    t = time.perf_counter()
+    result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
+                          progress=False)
+    whole = time.perf_counter() - t
+    assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
+    b_rate = n / result.stats.wall_s
+    rows.append((f"(b) mmpipe.embed, batch {bs}, job without model setup", b_rate, result.stats.wall_s))
+    rows.append((f"    mmpipe.embed, whole call with {result.stats.setup_s:.1f} s model setup",
+                 n / whole, whole))
+    shutil.rmtree(out, ignore_errors=True)
+
+    c_rate = forward_only(model, pixels, bs)
+    rows.append((f"(c) model forward only, batch {bs}, pre-decoded tensors", c_rate, n / c_rate))
+    del pixels
+
+    print()
+    print(f"{'mode':<68} {'items/s':>8} {'seconds':>8}")
+    for name, rate, seconds in rows:
+        print(f"{name:<68} {rate:>8.2f} {seconds:>8.1f}")
+    print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share "
+          + ", ".join(f"{s.name} {s.busy_share(result.stats.wall_s):.0%}" for s in result.stats.stages))
+
+    ratios = f"b/a = {b_rate / a_rate:.2f}x   b/c = {b_rate / c_rate:.2f}x"
+    if not args.skip_rss:
+        print()
+        small, _ = peak_rss(folder, args.data / "out-rss-n", bs, n)
+        manifest = manifest_times_ten(folder, files, args.data)
+        big, _ = peak_rss(manifest, args.data / "out-rss-10n", bs, 10 * n)
+        ratios += f"   peak RSS 10·N/N = {big / small:.2f}"
+    print()
+    print(f"ratios (N={n}, batch {bs}): {ratios}")
+
+
+def naive_loop(model, files: list[Path]):
+    """(a); returns items/s and the pixel tensors it made, for (c)."""
+    import torch
+    from PIL import Image
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil()  # CLIP's defaults: shortest edge 224, centre crop 224
+    pixels = []
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for path in files:
+            with Image.open(path) as img:
+                x = processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"]
+            model.get_image_features(pixel_values=x)
+            pixels.append(x)
+    return len(files) / (time.perf_counter() - t), pixels
+
+
+def forward_only(model, pixels: list, bs: int) -> float:
+    """(c): the forward passes alone, on tensors already decoded and preprocessed."""
+    import torch
+
+    batches = [torch.cat(pixels[i: i + bs]) for i in range(0, len(pixels), bs)]
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x in batches:
+            model.get_image_features(pixel_values=x)
+    return len(pixels) / (time.perf_counter() - t)
+
+
+def manifest_times_ten(folder: Path, files: list[Path], data: Path) -> Path:
+    """A CSV listing the N files 10 times under distinct ids (paths relative to the CSV)."""
+    path = data / f"{folder.name}-x10.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "image"])
+        for copy in range(10):
+            for p in files:
+                writer.writerow([f"{copy}/{p.name}", p.relative_to(data).as_posix()])
+    return path
+
+
+def peak_rss(source: Path, out: Path, bs: int, count: int) -> tuple[float, float]:
+    """Run ``mmpipe embed`` in a fresh process; print and return its peak RSS (MiB) and items/s."""
+    cmd = [sys.executable, "-m", "mmpipe.cli", "embed", str(source), "--out", str(out), "--model", MODEL,
+           "--batch-size", str(bs), "--overwrite", "--no-progress"]
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, *cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"mmpipe embed failed ({proc.returncode}):\n{proc.stderr}")
+    peak_mib = int(proc.stdout.strip().splitlines()[-1]) / 1024
+    stats = json.loads((out / "stats.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"peak RSS of `mmpipe embed` on {count:>6} images: {peak_mib:8.1f} MiB "
+          f"({stats['items_per_s']:.2f} items/s without setup, {seconds:.0f} s in all)")
+    return peak_mib, stats["items_per_s"]
+
+
+if __name__ == "__main__":
+    main()
