@@ -11,6 +11,7 @@ from rich.console import Console
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from .errors import MmpipeError
+from .models.spec import DEFAULT_CLIP
 from .jobs.runner import JobResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -28,7 +29,7 @@ def embed(
     input: str = typer.Argument(..., help="Folder, glob, manifest (.csv/.jsonl/.parquet), .tar shards, "
                                           "or an fsspec URL (s3://…) of any of these."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder for part-*.parquet shards."),
-    model: str = typer.Option("hf:openai/clip-vit-base-patch32", help="hf:<repo-or-dir>, "
+    model: str = typer.Option(DEFAULT_CLIP, help="hf:<repo-or-dir>, "
                               "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
     batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
     decode_workers: int = typer.Option(2, help="Threads decoding and preprocessing images."),
@@ -63,6 +64,27 @@ def embed(
     print_summary("embedded", result)
 
 
+@app.command()
+def demo(
+    out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample photos and the output."),
+    n: int = typer.Option(300, "--n", min=1, help="How many sample photos to make."),
+    model: str = typer.Option(DEFAULT_CLIP,
+                              help="Model spec; the default falls back to random:ViT-B-32 when "
+                                   "it cannot be loaded (offline)."),
+    overwrite: bool = typer.Option(False, help="Replace earlier output instead of resuming."),
+    progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Make ~300 sample photos with captions, embed them, show where the output is."""
+    from .demo import describe_output, run_demo
+
+    result = run_demo(out, n=n, model=model, progress=progress, overwrite=overwrite,
+                      notify=lambda line: err.print(line, markup=False))
+    print_summary("embedded", result.job)
+    for line in describe_output(result):
+        err.print(line, markup=False)
+
+
+
 def parse_storage_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
@@ -94,9 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err.print("mmpipe: aborted")
         sys.exit(130)
-    except NoArgsIsHelpError as exc:
-        err.print(exc.ctx.get_help(), markup=False)
-        sys.exit(2)
+    except NoArgsIsHelpError:
+        sys.exit(2)  # click has already printed the help
     except UsageError as exc:
         hint = f" (see 'mmpipe {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
         err.print(f"mmpipe: error: {exc.format_message()}{hint}", markup=False)

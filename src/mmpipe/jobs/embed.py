@@ -85,7 +85,9 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
 
 def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
     pre = clip.preprocessor
-    min_side = pre.resize_to if cfg.fast_decode else None
+    # Drafting only down to twice the model's input keeps the resize that follows nearly exact
+    # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
+    min_side = 2 * pre.resize_to if cfg.fast_decode else None
     return [
         Stage("read", lambda: per_item("read", read_item), concurrency=cfg.read_workers,
               resources=Resources(num_cpus=0.25)),

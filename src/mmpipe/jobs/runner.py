@@ -76,8 +76,10 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
                     counts={"rows": total_rows, "ok": total_rows - total_errors, "errors": total_errors},
                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out_dir.write_json(MANIFEST, manifest)
-    out_dir.write_json(STATS, {**stats.to_dict(), "started_at": started,
-                               "skipped_committed": counts["skipped"]})
+    # A rerun that found everything committed measured nothing: keep the last real run's figures.
+    if stats.items or not (out_dir.path / STATS).exists():
+        out_dir.write_json(STATS, {**stats.to_dict(), "started_at": started,
+                                   "skipped_committed": counts["skipped"]})
     return JobResult(out=out_dir.path, ok=sink.rows - sink.errors, errors=sink.errors,
                      skipped=counts["skipped"], duplicates=counts["duplicates"], stats=stats,
                      top_errors=reasons.most_common(5), manifest=manifest)
