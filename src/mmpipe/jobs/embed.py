@@ -13,10 +13,11 @@ from ..decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from ..errors import ConfigError
 from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
 from ..models.clip import LoadedClip
-from ..records import Decoded, Item, Record, Scored, failed
+from ..records import Decoded, Item, Record, Scored
 from ..sources import SourceOptions, open_source
-from ..sources.options import DEFAULT_MAX_BYTES, read_item
+from ..sources.options import DEFAULT_MAX_BYTES
 from ..stage import Resources, Stage
+from ..stages.common import per_item, read_stage
 from .runner import JobResult, JobSpec, run_job
 
 
@@ -89,28 +90,12 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
     # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
     min_side = 2 * pre.resize_to if cfg.fast_decode else None
     return [
-        Stage("read", lambda: per_item("read", read_item), concurrency=cfg.read_workers,
-              resources=Resources(num_cpus=0.25)),
+        read_stage(cfg.read_workers),
         Stage("decode", lambda: per_item("decode", lambda r: preprocess(r, pre, cfg.max_pixels, min_side)),
               concurrency=cfg.decode_workers),
         Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size,
               resources=Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)),
     ]
-
-
-def per_item(stage: str, fn):
-    """A batch function that applies ``fn`` to each record, turning its failure into an error row."""
-    def run(batch: Sequence[Record]) -> list[Record]:
-        out = []
-        for record in batch:
-            try:
-                out.append(fn(record))
-            except (OSError, ValueError, EOFError) as exc:
-                out.append(failed(record, f"{stage}: {exc}"))
-            except Exception as exc:  # noqa: BLE001 - one bad item never fails the job
-                out.append(failed(record, f"{stage}: {type(exc).__name__}: {exc}"))
-        return out
-    return run
 
 
 def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int | None) -> Decoded:

@@ -1,0 +1,1 @@
+"""Stage builders the jobs (and later the server) share: data + function + resources."""
