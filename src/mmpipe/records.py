@@ -20,6 +20,7 @@ class Item:
     id: str
     uri: str | None = None
     text: str | None = None
+    text_truncated: bool = False  # the source cut ``text`` at MAX_TEXT_CHARS
     data: bytes | None = None
     # Returns (bytes, caption or None); sources that stream (tar shards) fill ``data`` directly.
     read: Callable[[], tuple[bytes | None, str | None]] | None = field(
@@ -39,6 +40,12 @@ class Decoded:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    # Moderation: what the item is, its sampled frames (an image is one frame at t=0) and what
+    # each model stage has found so far, accumulated as the record passes through them.
+    media_type: str | None = None  # "image" | "video" | "text"
+    frames: list[np.ndarray] | None = None  # RGB uint8 (H, W, 3)
+    timestamps: list[float] | None = None  # seconds, one per frame
+    outputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,7 +66,7 @@ Record = Item | Decoded | Scored
 
 def failed(record: Record, reason: str) -> Record:
     """The error twin of ``record``: identity kept, payload dropped, reason recorded."""
-    payload = {"data": None, "pixels": None, "tokens": None, "outputs": {}}
+    payload = {"data": None, "pixels": None, "tokens": None, "frames": None, "outputs": {}}
     names = {f.name for f in dataclasses.fields(record)}
     changes = {k: v for k, v in payload.items() if k in names}
     return dataclasses.replace(record, error=reason, **changes)

@@ -15,7 +15,14 @@ from .options import SourceOptions, decode_text, read_capped
 # format we cannot decode) becomes an error row, so nothing that looks like an image is skipped.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm",
                   ".pgm", ".pbm", ".ico", ".heic", ".heif", ".avif", ".jp2", ".jfif")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
+                  ".ogv", ".3gp", ".wmv")
 CAPTION_SUFFIX = ".txt"
+
+
+def media_suffixes(kinds: frozenset[str]) -> tuple[str, ...]:
+    return (IMAGE_SUFFIXES if "image" in kinds or "video" in kinds else ()) + \
+        (VIDEO_SUFFIXES if "video" in kinds else ())
 
 
 def is_glob(path: str) -> bool:
@@ -52,14 +59,26 @@ def _siblings(fs, dirpath: str, names: list[str]) -> list[str]:
 
 def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions,
            match_all: bool = False, siblings: list[str] | None = None) -> Iterator[Item]:
-    captions = {posixpath.splitext(n)[0]: n for n in (siblings or names)
-                if n.lower().endswith(CAPTION_SUFFIX)}
+    suffixes = media_suffixes(options.kinds)
+    everything = siblings or names
+    captions = {posixpath.splitext(n)[0]: n for n in everything if n.lower().endswith(CAPTION_SUFFIX)}
+    # A .txt is a caption when a media file of its stem is beside it, else (when text items are
+    # wanted) an item of its own.
+    media_stems = {posixpath.splitext(n)[0] for n in everything if n.lower().endswith(suffixes)}
     for name in names:
         lowered = name.lower()
-        if lowered.endswith(CAPTION_SUFFIX) or not (match_all or lowered.endswith(IMAGE_SUFFIXES)):
+        stem = posixpath.splitext(name)[0]
+        if lowered.endswith(CAPTION_SUFFIX):
+            if "text" not in options.kinds or stem in media_stems:
+                continue
+            path = posixpath.join(dirpath, name)
+            yield Item(id=_relative(path, root), uri=fs.unstrip_protocol(path),
+                       read=_reader(fs, path, None, options))
+            continue
+        if not (match_all or lowered.endswith(suffixes)):
             continue
         path = posixpath.join(dirpath, name)
-        caption = captions.get(posixpath.splitext(name)[0])
+        caption = captions.get(stem)
         yield Item(id=_relative(path, root), uri=fs.unstrip_protocol(path),
                    read=_reader(fs, path, caption and posixpath.join(dirpath, caption), options))
 

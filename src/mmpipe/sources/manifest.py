@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigError
 from ..net import fetch_url
 from ..records import Item
-from .options import MAX_TEXT_CHARS, SourceOptions, read_capped
+from .options import SourceOptions, cut_text, read_capped
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
@@ -111,15 +111,15 @@ class _Columns:
         raw_id = row.get(self.id) if self.id else None
         item_id = str(raw_id) if raw_id not in (None, "") else f"row-{number}"
         text = row.get(self.text) if self.text else None
-        text = str(text)[:MAX_TEXT_CHARS] if text not in (None, "") else None
+        text, cut = cut_text(str(text)) if text not in (None, "") else (None, False)
         location = row.get(self.image) if self.image else None
         if location in (None, ""):
             if text is None:
                 return Item(id=item_id, error="row has neither an image nor a text")
-            return Item(id=item_id, text=text)
+            return Item(id=item_id, text=text, text_truncated=cut)
         location = str(location)
         uri, read = _locate(location, fs, base, options)
-        return Item(id=item_id, uri=uri, text=text, read=read)
+        return Item(id=item_id, uri=uri, text=text, text_truncated=cut, read=read)
 
 
 def _locate(location: str, fs, base: str, options: SourceOptions):

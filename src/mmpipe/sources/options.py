@@ -11,8 +11,14 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_TEXT_CHARS = 10_000
 
 
+MEDIA_KINDS = frozenset({"image", "video", "text"})
+
+
 @dataclass(frozen=True)
 class SourceOptions:
+    # Which files of a folder are items: embedding wants images; moderation also wants videos
+    # and stand-alone .txt files (a .txt beside a media file of the same stem stays its caption).
+    kinds: frozenset[str] = frozenset({"image"})
     id_column: str | None = None
     image_column: str | None = None
     text_column: str | None = None
@@ -31,7 +37,12 @@ def read_capped(fs, path: str, max_bytes: int) -> bytes:
 
 
 def decode_text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")[:MAX_TEXT_CHARS].strip()
+    return raw.decode("utf-8", errors="replace").strip()
+
+
+def cut_text(text: str) -> tuple[str, bool]:
+    """``text`` cut to MAX_TEXT_CHARS, and whether it was cut (reported, never silent)."""
+    return text[:MAX_TEXT_CHARS], len(text) > MAX_TEXT_CHARS
 
 
 def read_item(item: Item) -> Item:
@@ -40,5 +51,5 @@ def read_item(item: Item) -> Item:
         data, text = item.read()
         item.data, item.read = data, None
         if text is not None:
-            item.text = text
+            item.text, item.text_truncated = cut_text(text)
     return item

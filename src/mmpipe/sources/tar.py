@@ -12,8 +12,8 @@ import tarfile
 from typing import Iterator
 
 from ..records import Item
-from .files import IMAGE_SUFFIXES
-from .options import SourceOptions, decode_text
+from .files import media_suffixes
+from .options import SourceOptions, cut_text, decode_text
 
 TEXT_EXTENSIONS = ("txt", "caption", "text")
 
@@ -43,7 +43,7 @@ def _iter_tar(fs, path: str, shard: str, options: SourceOptions) -> Iterator[Ite
             stem, _, ext = base.partition(".")
             member_key = posixpath.join(dirname, stem)
             if member_key != key and members:
-                yield _sample(shard, uri, key, members)
+                yield _sample(shard, uri, key, members, options.kinds)
                 members = {}
             key = member_key
             if member.size > options.max_bytes:
@@ -52,17 +52,18 @@ def _iter_tar(fs, path: str, shard: str, options: SourceOptions) -> Iterator[Ite
                 continue
             members[ext.lower()] = tar.extractfile(member).read()
     if members:
-        yield _sample(shard, uri, key, members)
+        yield _sample(shard, uri, key, members, options.kinds)
 
 
-def _sample(shard: str, uri: str, key: str, members: dict) -> Item:
+def _sample(shard: str, uri: str, key: str, members: dict, kinds: frozenset[str]) -> Item:
     item = Item(id=f"{shard}/{key}", uri=f"{uri}#{key}")
     text = next((members[e] for e in TEXT_EXTENSIONS if e in members), None)
     if text is None and isinstance(members.get("json"), bytes):
         text = _caption_from_json(members["json"])
     if isinstance(text, bytes):
-        item.text = decode_text(text)
-    image_ext = next((e for e in members if "." + e.rsplit(".", 1)[-1] in IMAGE_SUFFIXES), None)
+        item.text, item.text_truncated = cut_text(decode_text(text))
+    suffixes = media_suffixes(kinds)
+    image_ext = next((e for e in members if "." + e.rsplit(".", 1)[-1] in suffixes), None)
     if image_ext is None:
         if item.text is None:
             item.error = f"read: sample has no image or text member ({', '.join(sorted(members))})"
