@@ -1,0 +1,118 @@
+"""The moderation policy: categories with their source model and thresholds, word lists,
+temporal aggregation and escalation to a judge. Validated at load, so a bad policy stops the job
+before any model loads."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MEDIA = ("image", "video", "text")
+VISUAL_SOURCES = ("open_nsfw", "clip")
+_NAME = re.compile(r"^[a-z][a-z0-9_/-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Aggregation(_Strict):
+    method: Literal["max", "mean_topk"] = "max"
+    top_k: int = Field(3, ge=1)
+    segment_gap_s: float = Field(1.0, ge=0)
+
+
+class Prompts(_Strict):
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(min_length=1)
+
+
+class Category(_Strict):
+    name: str
+    source: Literal["open_nsfw", "profanity", "words", "clip"]
+    media: list[Literal["image", "video", "text"]] = Field(min_length=1)
+    review: float = Field(ge=0, le=1)
+    block: float = Field(ge=0, le=2)  # above 1: never blocks, at most review
+    words: list[str] = Field(default_factory=list)
+    word_lists: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    prompts: Prompts | None = None
+    temperature: float = Field(100.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} must be lowercase letters, digits, _ / - (like 'self-harm')")
+        return v
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"bad regex {p!r}: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Category":
+        if self.block < self.review:
+            raise ValueError(f"block ({self.block}) must be >= review ({self.review})")
+        lists = self.words or self.word_lists or self.patterns
+        if self.source == "words" and not lists:
+            raise ValueError("source 'words' needs words, word_lists or patterns")
+        if self.source != "words" and lists:
+            raise ValueError(f"words/word_lists/patterns only apply to source 'words', not {self.source!r}")
+        if self.source == "clip" and self.prompts is None:
+            raise ValueError("source 'clip' needs prompts: {positive: [...], negative: [...]}")
+        if self.source != "clip" and self.prompts is not None:
+            raise ValueError(f"prompts only apply to source 'clip', not {self.source!r}")
+        if self.source in VISUAL_SOURCES and "text" in self.media:
+            raise ValueError(f"source {self.source!r} scores pixels: media can be image and video, not text")
+        return self
+
+
+class Escalation(_Strict):
+    enabled: bool = False
+    url: str = "http://127.0.0.1:8000/v1"
+    model: str = "judge"
+    api_key_env: str | None = None
+    prompt: str = ("You are a content moderator. Look at the image(s) and text and decide whether "
+                   "they violate the policy categories named. Answer only with JSON: "
+                   '{"action": "allow" | "review" | "block", "categories": [...], "reason": "..."}')
+    categories: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(4, ge=1)
+    max_frames: int = Field(4, ge=0)
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    aggregation: Aggregation = Field(default_factory=Aggregation)
+    word_lists: dict[str, list[str]] = Field(default_factory=dict)
+    categories: list[Category] = Field(min_length=1)
+    escalation: Escalation = Field(default_factory=Escalation)
+
+    @model_validator(mode="after")
+    def _references(self) -> "Policy":
+        seen = set()
+        for i, c in enumerate(self.categories):
+            if c.name in seen:
+                raise ValueError(f"categories[{i}].name: duplicate category {c.name!r}")
+            seen.add(c.name)
+            for name in c.word_lists:
+                if name not in self.word_lists:
+                    raise ValueError(f"categories[{i}].word_lists: no word list {name!r} "
+                                     f"(defined: {', '.join(self.word_lists) or 'none'})")
+        for name in self.escalation.categories:
+            if name not in seen:
+                raise ValueError(f"escalation.categories: no category {name!r}")
+        return self
+
+    def words_of(self, category: Category) -> list[str]:
+        return [*category.words, *(w for name in category.word_lists for w in self.word_lists[name])]
