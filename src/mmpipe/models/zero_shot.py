@@ -1,0 +1,32 @@
+"""Zero-shot categories with CLIP: a category is positive and negative text prompts.
+
+Per category: softmax over (image · prompt) × temperature for its prompts; the score is the
+probability mass on the positive prompts. Prompts are embedded once, when the scorer is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ZeroShotClip:
+    def __init__(self, embedder, preprocessor, categories: dict[str, tuple[list[str], list[str]]],
+                 temperature: float = 100.0):
+        self.embedder = embedder
+        self.temperature = temperature
+        self.categories = {}
+        for name, (positive, negative) in categories.items():
+            prompts = [*positive, *negative]
+            vectors = embedder.embed_texts([preprocessor.text(p) for p in prompts])
+            self.categories[name] = (np.asarray(vectors, np.float32), len(positive))
+
+    def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        images = np.asarray(self.embedder.embed_images(pixels), np.float32)
+        out = {}
+        for name, (prompts, n_positive) in self.categories.items():
+            logits = images @ prompts.T * self.temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[name] = probs[:, :n_positive].sum(axis=1).astype(np.float32)
+        return out
