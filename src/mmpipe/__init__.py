@@ -1,10 +1,12 @@
 """mmpipe: multimodal inference at scale.
 
-The library API is what the CLI calls: ``mmpipe.embed(input, out, **options)``.
+The library API is what the CLI calls: ``mmpipe.embed(input, out, **options)`` and
+``mmpipe.moderate(input, out, **options)``.
 """
 
 from .errors import ConfigError, MmpipeError, ModelLoadError, OutputDirError
 from .jobs.embed import EmbedConfig, embed
+from .jobs.moderate import ModerateConfig, moderate
 from .jobs.runner import JobResult
 from .sinks import OutputDir
 
@@ -16,4 +18,4 @@ def read_output(out_dir) -> "pyarrow.Table":  # noqa: F821
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "EmbedConfig", "JobResult", "MmpipeError", "ModelLoadError",
-           "OutputDirError", "embed", "read_output"]
+           "ModerateConfig", "OutputDirError", "embed", "moderate", "read_output"]

@@ -65,6 +65,53 @@ def embed(
 
 
 @app.command()
+def moderate(
+    input: str = typer.Argument(..., help="Folder (images, videos, .txt texts), glob, manifest "
+                                          "(.csv/.jsonl/.parquet), .tar shards, or an fsspec URL."),
+    out: str = typer.Option(..., "--out", "-o", help="Output folder: part-*.parquet, review.jsonl, report.html."),
+    policy: Optional[str] = typer.Option(None, help="Policy YAML (categories, thresholds, word lists, "
+                                         "escalation). Default: the policy shipped with mmpipe."),
+    clip_model: Optional[str] = typer.Option(None, help="CLIP checkpoint for zero-shot (source: clip) "
+                                             "categories, e.g. path:DIR."),
+    fps: float = typer.Option(1.0, help="Video frames sampled per second."),
+    max_frames: int = typer.Option(64, help="At most this many frames per video (longer videos are capped)."),
+    max_side: int = typer.Option(640, help="Frames are scaled down to this long side before the models."),
+    ocr: bool = typer.Option(True, help="Read text in images and video frames (PP-OCR) and moderate it."),
+    escalate: Optional[bool] = typer.Option(None, help="Send uncertain items to the policy's LLM judge "
+                                            "(default: as the policy says)."),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the judge (…/v1)."),
+    batch_size: int = typer.Option(16, help="Items per open_nsfw / CLIP batch."),
+    decode_workers: int = typer.Option(2, help="Threads decoding images, videos and texts."),
+    read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
+    model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
+    overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
+    shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
+    id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
+    image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
+    text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
+    allow_private_urls: bool = typer.Option(False, help="Allow URLs to loopback/private addresses and file://."),
+    max_pixels: int = typer.Option(64_000_000, help="Refuse images/frames with more pixels."),
+    max_bytes: int = typer.Option(64 * 1024 * 1024, help="Refuse input files larger than this."),
+    storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable)."),
+    progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Moderate images, videos and texts with a policy: scores, allow/review/block, report."""
+    from .jobs.moderate import moderate as run
+
+    result = run(input, out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
+                 max_side=max_side, ocr=ocr, escalate=escalate, judge_url=judge_url,
+                 batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
+                 model_threads=model_threads, limit=limit, overwrite=overwrite,
+                 shard_size=shard_size, id_column=id_column, image_column=image_column,
+                 text_column=text_column, allow_private_urls=allow_private_urls,
+                 max_pixels=max_pixels, max_bytes=max_bytes,
+                 storage_options=parse_storage_options(storage_option), progress=progress)
+    print_summary("moderated", result)
+    print_moderation(result)
+
+
+@app.command()
 def demo(
     out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample photos and the output."),
     n: int = typer.Option(300, "--n", min=1, help="How many sample photos to make."),
@@ -104,6 +151,13 @@ def print_summary(verb: str, result: JobResult) -> None:
               + f" → {result.out}{random}")
     for reason, count in result.top_errors:
         err.print(f"  {count} × {reason}")
+
+
+def print_moderation(result: JobResult) -> None:
+    actions = result.manifest.get("actions", {})
+    err.print("actions: " + ", ".join(f"{actions.get(a, 0)} {a}" for a in ("allow", "review", "block"))
+              + f"; review queue: {result.out / 'review.jsonl'}", markup=False)
+    err.print(f"report: {result.out / 'report.html'}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:

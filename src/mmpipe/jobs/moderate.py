@@ -1,0 +1,222 @@
+"""The moderation job: items → read → decode (image / video frames / text) → open_nsfw → OCR →
+text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards, review queue, report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..decode.image import DEFAULT_MAX_PIXELS
+from ..errors import ConfigError, OutputDirError
+from ..policy import Policy, load_policy
+from ..records import Record
+from ..sinks import OutputDir
+from ..sources import SourceOptions, open_source
+from ..sources.options import DEFAULT_MAX_BYTES, MEDIA_KINDS
+from ..stage import Resources, Stage
+from ..stages.common import per_item, read_stage
+from ..stages.media import MediaOptions, decode_media
+from ..stages.moderation import (DecideBatch, JudgeBatch, NsfwBatch, OcrBatch, TextBatch,
+                                 ZeroShotBatch, categories_of)
+from .runner import JobResult, JobSpec, run_job
+
+REVIEW = "review.jsonl"
+REPORT = "report.html"
+
+
+class ModerateConfig(BaseModel):
+    """Every option of ``mmpipe moderate``; field names are the CLI flags with dashes."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    input: str
+    out: str
+    policy: str | None = None  # None: the default policy shipped with mmpipe
+    clip_model: str | None = None  # needed by policy categories with source: clip
+    batch_size: int = Field(16, ge=1, le=1024)
+    decode_workers: int = Field(2, ge=1, le=256)
+    read_workers: int = Field(8, ge=1, le=256)
+    model_threads: int = Field(1, ge=1, le=256)
+    fps: float = Field(1.0, gt=0, le=60)
+    max_frames: int = Field(64, ge=1, le=10_000)
+    max_side: int = Field(640, ge=32, le=8192)
+    ocr: bool = True
+    escalate: bool | None = None  # None: as the policy says
+    judge_url: str | None = None
+    limit: int | None = Field(None, ge=0)
+    overwrite: bool = False
+    shard_size: int = Field(10_000, ge=1)
+    id_column: str | None = None
+    image_column: str | None = None
+    text_column: str | None = None
+    allow_private_urls: bool = False
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    device: str = "cpu"
+    allow_pickle: bool = False
+    storage_options: dict = Field(default_factory=dict)
+
+    @classmethod
+    def build(cls, **values) -> "ModerateConfig":
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "config"
+            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
+            raise ConfigError(flag, err["msg"]) from None
+
+
+def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
+    """Moderate every image, video and text of ``input`` into ``out`` (shards, review.jsonl,
+    report.html). Options are the fields of ``ModerateConfig``; re-running resumes."""
+    cfg = ModerateConfig.build(input=input, out=out, **options)
+    policy = _effective_policy(cfg)
+    clip = _load_clip(cfg, policy)
+    source = SourceOptions(kinds=MEDIA_KINDS, id_column=cfg.id_column,
+                           image_column=cfg.image_column, text_column=cfg.text_column,
+                           storage_options=cfg.storage_options,
+                           allow_private_urls=cfg.allow_private_urls, max_bytes=cfg.max_bytes)
+    names = [c.name for c in policy.categories]
+    signature = {"job": "moderate", "policy": policy.model_dump(mode="json"),
+                 "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr,
+                 "fps": cfg.fps, "max_frames": cfg.max_frames}
+    job = JobSpec(
+        label="moderate",
+        signature=signature,
+        items=open_source(cfg.input, source),
+        stages=moderation_stages(policy, cfg, clip),
+        to_table=lambda records: moderation_table(records, names),
+        manifest={"job": "moderate", "policy_file": cfg.policy or "default",
+                  "categories": [{"name": c.name, "source": c.source, "review": c.review,
+                                  "block": c.block, "media": list(c.media)} for c in policy.categories],
+                  "clip_model": str(clip.spec) if clip else None,
+                  "columns": moderation_schema(names).names},
+    )
+    result = run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
+                     overwrite=cfg.overwrite, progress=progress)
+    write_reports(result, policy)
+    return result
+
+
+def _effective_policy(cfg: ModerateConfig) -> Policy:
+    policy = load_policy(cfg.policy)
+    esc = policy.escalation
+    changes = {}
+    if cfg.judge_url:
+        changes["url"] = cfg.judge_url
+    if cfg.escalate is not None:
+        changes["enabled"] = cfg.escalate
+    if changes:
+        policy = policy.model_copy(update={"escalation": esc.model_copy(update=changes)})
+    return policy
+
+
+def _load_clip(cfg: ModerateConfig, policy: Policy):
+    if not categories_of(policy, "clip"):
+        return None
+    if cfg.clip_model is None:
+        raise ConfigError("--clip-model", "the policy has zero-shot (source: clip) categories "
+                          f"({', '.join(c.name for c in categories_of(policy, 'clip'))}); "
+                          "pass a CLIP checkpoint, e.g. --clip-model path:DIR")
+    from ..models import load_clip
+
+    return load_clip(cfg.clip_model, cfg.device, "fp32", cfg.allow_pickle)
+
+
+def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[Stage]:
+    """The stage list for ``policy``: a model runs only if a category needs it."""
+    inputs = {}
+    nsfw = bool(categories_of(policy, "open_nsfw"))
+    if nsfw:
+        from ..models.open_nsfw import preprocess as nsfw_input
+
+        inputs["open_nsfw"] = nsfw_input
+    if clip is not None:
+        inputs["clip"] = lambda frame: clip.preprocessor.image(Image.fromarray(frame))
+    media = MediaOptions(fps=cfg.fps, max_frames=cfg.max_frames, max_side=cfg.max_side,
+                         max_pixels=cfg.max_pixels, model_inputs=inputs)
+    model = Resources(num_cpus=cfg.model_threads)
+    stages = [
+        read_stage(cfg.read_workers),
+        Stage("decode", lambda: per_item("decode", lambda r: decode_media(r, media)),
+              concurrency=cfg.decode_workers),
+    ]
+    if nsfw:
+        stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads),
+                            batch_size=cfg.batch_size, resources=model))
+    text_sources = categories_of(policy, "profanity", "words")
+    if cfg.ocr and any(set(c.media) & {"image", "video"} for c in text_sources):
+        stages.append(Stage("ocr", lambda: OcrBatch(cfg.model_threads), batch_size=1,
+                            resources=model))
+    if text_sources:
+        stages.append(Stage("text", lambda: TextBatch(policy), batch_size=64))
+    if clip is not None:
+        stages.append(Stage("clip", lambda: ZeroShotBatch(policy, clip), batch_size=cfg.batch_size,
+                            resources=model))
+    judge = policy.escalation.enabled
+    stages.append(Stage("decide", lambda: DecideBatch(policy, keep_frames=judge), batch_size=16))
+    if judge:
+        stages.append(Stage("judge", lambda: JudgeBatch(policy), batch_size=policy.escalation.concurrency * 2,
+                            resources=Resources(num_cpus=0.25)))
+    return stages
+
+
+SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("category", pa.string()),
+                     ("score", pa.float32())])
+
+
+def moderation_schema(categories: Sequence[str]) -> pa.Schema:
+    return pa.schema([
+        ("id", pa.string()), ("uri", pa.string()), ("media_type", pa.string()), ("text", pa.string()),
+        *[(f"score_{name}", pa.float32()) for name in categories],
+        ("flagged", pa.bool_()), ("action", pa.string()), ("reasons", pa.list_(pa.string())),
+        ("segments", pa.list_(SEGMENT)), ("ocr_text", pa.string()), ("judge", pa.string()),
+        ("error", pa.string()), ("thumbnail", pa.binary()), ("width", pa.int32()),
+        ("height", pa.int32()), ("duration_s", pa.float64()), ("frames", pa.int32()),
+        ("text_truncated", pa.bool_()),
+    ])
+
+
+def moderation_table(records: Sequence[Record], categories: Sequence[str]) -> pa.Table:
+    rows = []
+    for r in records:
+        out = getattr(r, "outputs", None) or {}
+        ok = r.error is None
+        scores = out.get("scores", {})
+        rows.append({
+            "id": r.id, "uri": r.uri, "media_type": getattr(r, "media_type", None) if ok else None,
+            "text": r.text,
+            **{f"score_{name}": scores.get(name) for name in categories},
+            "flagged": out.get("flagged") if ok else None, "action": out.get("action") if ok else None,
+            "reasons": out.get("reasons", []) if ok else [],
+            "segments": [{"start": s.start, "end": s.end, "category": s.category, "score": s.score}
+                         for s in out.get("segments", [])],
+            "ocr_text": out.get("ocr_text"), "judge": out.get("judge"), "error": r.error,
+            "thumbnail": out.get("thumbnail"), "width": getattr(r, "width", None),
+            "height": getattr(r, "height", None), "duration_s": out.get("duration_s"),
+            "frames": out.get("frames"),
+            "text_truncated": bool(out.get("text_truncated") or getattr(r, "text_truncated", False)),
+        })
+    return pa.Table.from_pylist(rows, schema=moderation_schema(categories))
+
+
+def write_reports(result: JobResult, policy: Policy) -> None:
+    """review.jsonl and report.html over every committed row, so a resumed job's are complete."""
+    from ..report import write_report, write_review_queue
+
+    out = OutputDir(result.out)
+    try:
+        table = out.read_table()
+    except OutputDirError:  # no shards: an empty input
+        table = moderation_schema([c.name for c in policy.categories]).empty_table()
+    thresholds = [(c.name, c.review, c.block) for c in policy.categories]
+    result.manifest["review_items"] = write_review_queue(table, thresholds, out.path / REVIEW)
+    actions = Counter(a for a in table["action"].to_pylist())
+    result.manifest["actions"] = {k: v for k, v in actions.items() if k}
+    write_report(table, thresholds, out.path / REPORT, summary=result.manifest)
