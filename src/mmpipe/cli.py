@@ -113,23 +113,26 @@ def moderate(
 
 @app.command()
 def demo(
-    out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample photos and the output."),
-    n: int = typer.Option(300, "--n", min=1, help="How many sample photos to make."),
+    out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample set and the outputs."),
+    n: int = typer.Option(120, "--n", min=1, help="How many sample photos to make."),
     model: str = typer.Option(DEFAULT_CLIP,
-                              help="Model spec; the default falls back to random:ViT-B-32 when "
-                                   "it cannot be loaded (offline)."),
+                              help="CLIP model for the embedding step; the default falls back to "
+                                   "random:ViT-B-32 when it cannot be loaded (offline)."),
+    moderation: bool = typer.Option(True, help="Run the moderation step (real offline models)."),
     overwrite: bool = typer.Option(False, help="Replace earlier output instead of resuming."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
-    """Make ~300 sample photos with captions, embed them, show where the output is."""
+    """Make a sample set (photos, text images, videos, comments), moderate it, embed the photos."""
     from .demo import describe_output, run_demo
 
     result = run_demo(out, n=n, model=model, progress=progress, overwrite=overwrite,
-                      notify=lambda line: err.print(line, markup=False))
+                      moderation=moderation, notify=lambda line: err.print(line, markup=False))
+    if result.moderation is not None:
+        print_summary("moderated", result.moderation)
+        print_moderation(result.moderation)
     print_summary("embedded", result.job)
     for line in describe_output(result):
         err.print(line, markup=False)
-
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

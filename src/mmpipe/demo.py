@@ -1,7 +1,10 @@
-"""``mmpipe demo``: sample photos → ``mmpipe.embed`` → a folder of shards, with a guide to it.
+"""``mmpipe demo``: a sample set (photos, images with rendered text, short videos, comments) →
+``mmpipe.moderate`` with the real offline models → report.html; then the photos →
+``mmpipe.embed`` → embedding shards, with a guide to both.
 
-Works offline: when the default model cannot be loaded (no model hub reachable) it says so in one
-line and falls back to ``random:ViT-B-32``, which the summary and the manifest label as random.
+Works offline: moderation's models ship in their packages. When the default CLIP model cannot be
+loaded (no model hub reachable) the embedding step says so in one line and falls back to
+``random:ViT-B-32``, which the summary and the manifest label as random.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from typing import Callable
 
 from .errors import ModelLoadError
 from .jobs.embed import embed
+from .jobs.moderate import REPORT, moderate
 from .jobs.runner import JobResult
 from .models import DEFAULT_CLIP
-from .sample_data import make_sample_images, sample_folder_params
+from .sample_data import sample_folder_params
+from .sample_moderation import make_moderation_samples
 from .sinks import OutputDir
 from .sinks.output_dir import MANIFEST, STATS
 
 FALLBACK_MODEL = "random:ViT-B-32"
-IMAGES = "sample_images"
+SAMPLES = "samples"
+MODERATION = "moderation"
 EMBEDDINGS = "embeddings"
 
 
@@ -31,13 +37,15 @@ class DemoResult:
     made_images: bool  # False when an earlier run had made them already
     model: str  # the model that ran
     fell_back: bool  # True when ``model`` is the fallback
+    moderation: JobResult | None = None
 
 
-def run_demo(out: str | Path, n: int = 300, model: str = DEFAULT_CLIP, progress: bool | None = None,
-             *, overwrite: bool = False, fallback: str | None = None,
+def run_demo(out: str | Path, n: int = 120, model: str = DEFAULT_CLIP, progress: bool | None = None,
+             *, overwrite: bool = False, fallback: str | None = None, moderation: bool = True,
              notify: Callable[[str], None] | None = None) -> DemoResult:
-    """Make ``n`` sample photos under ``out/sample_images`` (once) and embed them into
-    ``out/embeddings`` (resuming, unless ``overwrite``).
+    """Make the sample set with ``n`` photos under ``out/samples`` (once), moderate all of it into
+    ``out/moderation`` (unless ``moderation`` is False) and embed the photos into
+    ``out/embeddings`` (both resume, unless ``overwrite``).
 
     If ``model`` cannot be loaded (``ModelLoadError``), ``fallback`` runs instead, after one line
     to ``notify`` (stderr by default). ``fallback`` defaults to ``random:ViT-B-32`` for the
@@ -47,14 +55,16 @@ def run_demo(out: str | Path, n: int = 300, model: str = DEFAULT_CLIP, progress:
     if fallback is None and model == DEFAULT_CLIP:
         fallback = FALLBACK_MODEL
     out = Path(out)
-    images = out / IMAGES
+    images = out / SAMPLES / "photos"
     before = sample_folder_params(images)
-    make_sample_images(images, n=n)
+    manifest = make_moderation_samples(out / SAMPLES, n_photos=n)
     made = sample_folder_params(images) != before
-    if made:
-        notify(f"made {n} sample photos (+2 broken files) in {images}")
-    else:
-        notify(f"using the {n} sample photos already in {images}")
+    what = (f"{n} photos (+2 broken files), images with rendered text, 3 short videos and comments, "
+            f"listed in {manifest}")
+    notify(f"made {what}" if made else f"using the sample set already there: {what}")
+    moderated = None
+    if moderation:
+        moderated = moderate(str(manifest), str(out / MODERATION), overwrite=overwrite, progress=progress)
 
     target = str(out / EMBEDDINGS)
     try:
@@ -69,7 +79,8 @@ def run_demo(out: str | Path, n: int = 300, model: str = DEFAULT_CLIP, progress:
         notify(f"could not load {which} {model}: {reason}; falling back to {fallback}{label}")
         job = embed(str(images), target, model=fallback, overwrite=overwrite, progress=progress)
         ran, fell_back = fallback, True
-    return DemoResult(job=job, images=images, made_images=made, model=ran, fell_back=fell_back)
+    return DemoResult(job=job, images=images, made_images=made, model=ran, fell_back=fell_back,
+                      moderation=moderated)
 
 
 def describe_output(result: DemoResult) -> list[str]:
@@ -82,8 +93,14 @@ def describe_output(result: DemoResult) -> list[str]:
     else:
         shard_names = f"{shards[0]} … {shards[-1]}"
     width = max(len(shard_names), len(MANIFEST), len(STATS))
-    return [
-        f"output in {folder.path}/",
+    lines = []
+    if result.moderation is not None:
+        mod = result.moderation.out
+        lines += [f"moderation in {mod}/: part-*.parquet (scores, action, reasons, segments, OCR text), "
+                  "review.jsonl (the review queue, worst first)",
+                  f"  open the report: {mod / REPORT}"]
+    return lines + [
+        f"embeddings in {folder.path}/",
         f"  {shard_names:<{width}}  {rows} rows in {len(shards)} shard{'s' * (len(shards) != 1)}: "
         "id, uri, text, image_embedding, text_embedding, width, height, error",
         f"  {MANIFEST:<{width}}  model {result.model}, random_weights, dimension, row/ok/error counts",

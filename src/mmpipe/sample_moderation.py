@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .sample_data import make_sample_images
+from .sample_data import BROKEN_FILES, make_sample_images
 
 MANIFEST = "manifest.jsonl"
 _MARKER = ".mmpipe-moderation-samples.json"
@@ -87,7 +87,7 @@ def draw_caption(img: Image.Image, text: str, size: int = 32, where: str = "midd
 def _text_images(folder: Path, photos: Path, seed: int) -> list[dict]:
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
-    backgrounds = sorted(photos.glob("*.jpg"))[:20]
+    backgrounds = [p for p in sorted(photos.glob("*.jpg")) if p.name not in BROKEN_FILES][:20]
     rows = []
     for kind, phrases in (("clean", CLEAN_PHRASES), ("offensive", OFFENSIVE_PHRASES)):
         for i, phrase in enumerate(phrases):
