@@ -29,6 +29,7 @@ test: dev
 
 bench: install
 	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/moderate_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo_data

@@ -94,8 +94,7 @@ def main() -> None:
     print(f"{'mode':<68} {'items/s':>8} {'seconds':>8}")
     for name, rate, seconds in rows:
         print(f"{name:<68} {rate:>8.2f} {seconds:>8.1f}")
-    print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share "
-          + ", ".join(f"{s.name} {s.busy_share(result.stats.wall_s):.0%}" for s in result.stats.stages))
+    print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share {result.stats.busy_summary()}")
 
     ratios = f"b/a = {b_rate / a_rate:.2f}x   b/c = {b_rate / c_rate:.2f}x"
     if not args.skip_rss:

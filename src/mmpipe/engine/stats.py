@@ -36,6 +36,10 @@ class EngineStats:
             return None
         return max(self.stages, key=lambda s: s.busy_share(self.wall_s)).name
 
+    def busy_summary(self) -> str:
+        """"read 0%, decode 8%, embed 100%": where the time went, in one line."""
+        return ", ".join(f"{s.name} {s.busy_share(self.wall_s):.0%}" for s in self.stages)
+
     def to_dict(self) -> dict:
         return {
             "wall_s": round(self.wall_s, 3),
