@@ -181,3 +181,37 @@ def test_sigkill_then_resume_keeps_every_id_once(tmp_path):
     assert sorted(ids) == sorted(f"img{i:02d}.jpg" for i in range(24))
     actions = dict(zip(ids, mmpipe.read_output(out)["action"].to_pylist()))
     assert all(actions[f"img{i:02d}.jpg"] == "block" for i in range(0, 24, 3))
+
+
+CLIP_POLICY = """
+categories:
+  - name: violence/graphic
+    source: clip
+    prompts: {positive: [a photo of a fight, a photo of blood], negative: [a landscape photo]}
+    media: [image, video]
+    review: 0.6
+    block: 0.9
+"""
+
+
+def test_zero_shot_clip_categories_need_and_use_a_checkpoint(media, tiny_model_spec, tmp_path):
+    policy = tmp_path / "clip.yaml"
+    policy.write_text(CLIP_POLICY)
+    with pytest.raises(mmpipe.ConfigError, match="--clip-model"):
+        mmpipe.moderate(str(media), str(tmp_path / "o"), policy=str(policy), progress=False)
+    out = tmp_path / "clip"
+    mmpipe.moderate(str(media), str(out), policy=str(policy), clip_model=tiny_model_spec,
+                    progress=False, limit=6)
+    table = mmpipe.read_output(out)
+    scores = dict(zip(table["id"].to_pylist(), table["score_violence/graphic"].to_pylist()))
+    visual = {k: v for k, v in scores.items() if k.endswith((".jpg", ".png", ".mp4"))
+              and not k.startswith(("empty", "broken", "noise"))}
+    assert visual and all(0.0 <= v <= 1.0 for v in visual.values())
+    assert len(set(round(v, 6) for v in visual.values())) > 1  # the images are told apart
+
+
+def test_long_videos_are_capped_and_say_so(media, tmp_path):
+    out = tmp_path / "capped"
+    mmpipe.moderate(str(media / "overlay.mp4"), str(out), max_frames=3, progress=False)
+    row = mmpipe.read_output(out).to_pylist()[0]
+    assert row["frames"] == 3 and any("first 3 frames" in r for r in row["reasons"])

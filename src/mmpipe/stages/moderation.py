@@ -177,6 +177,8 @@ class DecideBatch:
                   for c in self.policy.categories}
         decision = decide(self.policy, r.media_type, scores)
         reasons = list(decision.reasons)
+        if out.pop("frames_capped", False):
+            reasons.append(f"only the first {len(r.frames)} frames were checked (--max-frames)")
         for name, hits in out.pop("matches", {}).items():
             if applies.get(name):
                 reasons.append(f"{name}: matched {', '.join(repr(h) for h in hits[:5])}")
