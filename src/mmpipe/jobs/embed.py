@@ -7,57 +7,27 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ..decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
-from ..errors import ConfigError
+from ..decode import DecodeError, decode_image
 from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
 from ..models.clip import LoadedClip
 from ..records import Decoded, Item, Record, Scored
-from ..sources import SourceOptions, open_source
-from ..sources.options import DEFAULT_MAX_BYTES
+from ..sources import open_source
 from ..stage import Resources, Stage
 from ..stages.common import per_item, read_stage
+from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
 
-class EmbedConfig(BaseModel):
+class EmbedConfig(JobConfig):
     """Every option of ``mmpipe embed``; field names are the CLI flags with dashes."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    input: str
-    out: str
     model: str = DEFAULT_CLIP
     batch_size: int = Field(16, ge=1, le=4096)
-    decode_workers: int = Field(2, ge=1, le=256)
-    read_workers: int = Field(8, ge=1, le=256)
-    device: str = "cpu"
     precision: str = "fp32"
-    limit: int | None = Field(None, ge=0)
-    overwrite: bool = False
-    shard_size: int = Field(10_000, ge=1)
-    id_column: str | None = None
-    image_column: str | None = None
-    text_column: str | None = None
-    allow_private_urls: bool = False
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     # JPEG DCT-domain downscaling while decoding (see decode_image); off for bit-exact preprocessing.
     fast_decode: bool = True
-    allow_pickle: bool = False
-    storage_options: dict = Field(default_factory=dict)
-
-    @classmethod
-    def build(cls, **values) -> "EmbedConfig":
-        """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "config"
-            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
-            raise ConfigError(flag, err["msg"]) from None
 
 
 def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -67,13 +37,10 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
     clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle)
-    source = SourceOptions(id_column=cfg.id_column, image_column=cfg.image_column,
-                           text_column=cfg.text_column, storage_options=cfg.storage_options,
-                           allow_private_urls=cfg.allow_private_urls, max_bytes=cfg.max_bytes)
     job = JobSpec(
         label="embed",
         signature={"job": "embed", "model": str(clip.spec), "precision": cfg.precision},
-        items=open_source(cfg.input, source),
+        items=open_source(cfg.input, cfg.source_options()),
         stages=embed_stages(clip, cfg),
         to_table=lambda records: embeddings_table(records, clip.dim),
         manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,

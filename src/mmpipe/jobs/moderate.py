@@ -9,38 +9,32 @@ from typing import Sequence
 
 import pyarrow as pa
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from ..decode.image import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError, OutputDirError
 from ..policy import Policy, load_policy
 from ..records import Record
 from ..sinks import OutputDir
-from ..sources import SourceOptions, open_source
-from ..sources.options import DEFAULT_MAX_BYTES, MEDIA_KINDS
+from ..sources import open_source
+from ..sources.options import MEDIA_KINDS
 from ..stage import Resources, Stage
 from ..stages.common import per_item, read_stage
 from ..stages.media import MediaOptions, decode_media
 from ..stages.moderation import (DecideBatch, JudgeBatch, NsfwBatch, OcrBatch, TextBatch,
                                  ZeroShotBatch, categories_of)
+from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
 REVIEW = "review.jsonl"
 REPORT = "report.html"
 
 
-class ModerateConfig(BaseModel):
+class ModerateConfig(JobConfig):
     """Every option of ``mmpipe moderate``; field names are the CLI flags with dashes."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    input: str
-    out: str
     policy: str | None = None  # None: the default policy shipped with mmpipe
     clip_model: str | None = None  # needed by policy categories with source: clip
     batch_size: int = Field(16, ge=1, le=1024)
-    decode_workers: int = Field(2, ge=1, le=256)
-    read_workers: int = Field(8, ge=1, le=256)
     model_threads: int = Field(1, ge=1, le=256)
     fps: float = Field(1.0, gt=0, le=60)
     max_frames: int = Field(64, ge=1, le=10_000)
@@ -48,28 +42,6 @@ class ModerateConfig(BaseModel):
     ocr: bool = True
     escalate: bool | None = None  # None: as the policy says
     judge_url: str | None = None
-    limit: int | None = Field(None, ge=0)
-    overwrite: bool = False
-    shard_size: int = Field(10_000, ge=1)
-    id_column: str | None = None
-    image_column: str | None = None
-    text_column: str | None = None
-    allow_private_urls: bool = False
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
-    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
-    device: str = "cpu"
-    allow_pickle: bool = False
-    storage_options: dict = Field(default_factory=dict)
-
-    @classmethod
-    def build(cls, **values) -> "ModerateConfig":
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "config"
-            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
-            raise ConfigError(flag, err["msg"]) from None
 
 
 def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -78,10 +50,6 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     cfg = ModerateConfig.build(input=input, out=out, **options)
     policy = _effective_policy(cfg)
     clip = _load_clip(cfg, policy)
-    source = SourceOptions(kinds=MEDIA_KINDS, id_column=cfg.id_column,
-                           image_column=cfg.image_column, text_column=cfg.text_column,
-                           storage_options=cfg.storage_options,
-                           allow_private_urls=cfg.allow_private_urls, max_bytes=cfg.max_bytes)
     names = [c.name for c in policy.categories]
     signature = {"job": "moderate", "policy": policy.model_dump(mode="json"),
                  "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr,
@@ -89,7 +57,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     job = JobSpec(
         label="moderate",
         signature=signature,
-        items=open_source(cfg.input, source),
+        items=open_source(cfg.input, cfg.source_options(MEDIA_KINDS)),
         stages=moderation_stages(policy, cfg, clip),
         to_table=lambda records: moderation_table(records, names),
         manifest={"job": "moderate", "policy_file": cfg.policy or "default",

@@ -1,0 +1,49 @@
+"""Options every batch job has: where to read and write, how to read it, resume and caps."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..decode.image import DEFAULT_MAX_PIXELS
+from ..errors import ConfigError
+from ..sources import SourceOptions
+from ..sources.options import DEFAULT_MAX_BYTES
+
+
+class JobConfig(BaseModel):
+    """Field names are the CLI flags with dashes; a job's config adds its own fields."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    input: str
+    out: str
+    decode_workers: int = Field(2, ge=1, le=256)
+    read_workers: int = Field(8, ge=1, le=256)
+    device: str = "cpu"
+    limit: int | None = Field(None, ge=0)
+    overwrite: bool = False
+    shard_size: int = Field(10_000, ge=1)
+    id_column: str | None = None
+    image_column: str | None = None
+    text_column: str | None = None
+    allow_private_urls: bool = False
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
+    allow_pickle: bool = False
+    storage_options: dict = Field(default_factory=dict)
+
+    @classmethod
+    def build(cls, **values):
+        """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = str(err["loc"][0]) if err["loc"] else "config"
+            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
+            raise ConfigError(flag, err["msg"]) from None
+
+    def source_options(self, kinds: frozenset[str] = frozenset({"image"})) -> SourceOptions:
+        return SourceOptions(kinds=kinds, id_column=self.id_column, image_column=self.image_column,
+                             text_column=self.text_column, storage_options=self.storage_options,
+                             allow_private_urls=self.allow_private_urls, max_bytes=self.max_bytes)
