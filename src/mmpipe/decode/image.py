@@ -79,8 +79,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         else:
             top = max(float(arr.max(initial=0)), 1.0)
         arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        key = img.info.get("transparency")
+        if isinstance(key, int):  # a colour-keyed transparent grey (PNG tRNS): white, as alpha is
+            arr8[arr == key] = 255
         return Image.fromarray(arr8, "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
+    # Palette, grey and RGB images can carry a transparent colour (PNG tRNS, GIF) instead of an
+    # alpha band; it is composited like alpha, or the hidden key colour would leak in.
+    if mode in ("P", "L", "RGB") and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
