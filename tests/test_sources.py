@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -513,3 +514,15 @@ def test_http_urls_to_private_refused_per_row(url_manifest, tiny_model_spec, tmp
     assert rows["a"]["text"] == "served over http"  # the row keeps its identity and caption
     assert rows["t"]["error"] is None and rows["t"]["text_embedding"] is not None
     assert len(_ImageHandler.requests) == before  # nothing was fetched
+
+
+def test_file_names_that_are_not_utf8_become_escaped_ids(tiny_model_spec, tmp_path):
+    folder = tmp_path / "names"
+    folder.mkdir()
+    photo(1).save(os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"), "JPEG")
+    (folder / "drawing.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    result = mmpipe.embed(str(folder), str(tmp_path / "out"), model=tiny_model_spec, progress=False)
+    rows = {r["id"]: r for r in mmpipe.read_output(tmp_path / "out").to_pylist()}
+    assert (result.ok, result.errors) == (1, 1)
+    assert rows["caf\\xe9.jpg"]["error"] is None and rows["caf\\xe9.jpg"]["image_embedding"] is not None
+    assert "unsupported" in rows["drawing.svg"]["error"]

@@ -14,7 +14,7 @@ from .options import SourceOptions, decode_text, read_capped
 # Files with these suffixes are items; a file that claims to be an image but is not (or is a
 # format we cannot decode) becomes an error row, so nothing that looks like an image is skipped.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm",
-                  ".pgm", ".pbm", ".ico", ".heic", ".heif", ".avif", ".jp2", ".jfif")
+                  ".pgm", ".pbm", ".ico", ".heic", ".heif", ".avif", ".jp2", ".jfif", ".svg")
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".flv",
                   ".ogv", ".3gp", ".wmv")
 CAPTION_SUFFIX = ".txt"
@@ -72,14 +72,14 @@ def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions
             if "text" not in options.kinds or stem in media_stems:
                 continue
             path = posixpath.join(dirpath, name)
-            yield Item(id=_relative(path, root), uri=fs.unstrip_protocol(path),
+            yield Item(id=printable(_relative(path, root)), uri=printable(fs.unstrip_protocol(path)),
                        read=_reader(fs, path, None, options))
             continue
         if not (match_all or lowered.endswith(suffixes)):
             continue
         path = posixpath.join(dirpath, name)
         caption = captions.get(stem)
-        yield Item(id=_relative(path, root), uri=fs.unstrip_protocol(path),
+        yield Item(id=printable(_relative(path, root)), uri=printable(fs.unstrip_protocol(path)),
                    read=_reader(fs, path, caption and posixpath.join(dirpath, caption), options))
 
 
@@ -89,6 +89,12 @@ def _reader(fs, path: str, caption_path: str | None, options: SourceOptions):
         text = decode_text(read_capped(fs, caption_path, options.max_bytes)) if caption_path else None
         return data, text
     return read
+
+
+def printable(name: str) -> str:
+    """A file name as valid UTF-8: bytes that are not (``caf\\xe9.jpg``) are written as escapes,
+    so the row can be stored; the file itself is still read by its real name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _relative(path: str, root: str) -> str:
