@@ -13,12 +13,14 @@ class DecodedText:
 
 
 def decode_text(data: bytes, max_chars: int = 100_000, max_line_chars: int = 10_000) -> DecodedText:
+    """UTF-8 (a leading byte-order mark dropped), NULs removed, line ends made ``\\n``, outer
+    whitespace stripped; each line cut at ``max_line_chars`` (a minified file or a base64 blob
+    would otherwise be all a classifier sees), then the whole at ``max_chars``."""
     try:
-        text, invalid = data.decode("utf-8"), False
+        text, invalid = data.decode("utf-8-sig"), False
     except UnicodeDecodeError:
-        text, invalid = data.decode("utf-8", errors="replace"), True
-    text = text.replace("\x00", "")
-    lines = text.splitlines()
+        text, invalid = data.decode("utf-8-sig", errors="replace"), True
+    lines = text.replace("\x00", "").splitlines()
     cut = any(len(line) > max_line_chars for line in lines)
     text = "\n".join(line[:max_line_chars] for line in lines).strip()
     if len(text) > max_chars:
