@@ -9,7 +9,7 @@ import posixpath
 from typing import Iterator
 
 from ..records import Item
-from .options import SourceOptions, decode_text, read_capped
+from .options import SourceOptions, caption_text, read_capped
 
 # Files with these suffixes are items; a file that claims to be an image but is not (or is a
 # format we cannot decode) becomes an error row, so nothing that looks like an image is skipped.
@@ -86,7 +86,7 @@ def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions
 def _reader(fs, path: str, caption_path: str | None, options: SourceOptions):
     def read() -> tuple[bytes, str | None]:
         data = read_capped(fs, path, options.max_bytes)
-        text = decode_text(read_capped(fs, caption_path, options.max_bytes)) if caption_path else None
+        text = caption_text(read_capped(fs, caption_path, options.max_bytes)) if caption_path else None
         return data, text
     return read
 

@@ -36,7 +36,7 @@ def read_capped(fs, path: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_text(raw: bytes) -> str:
+def caption_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 

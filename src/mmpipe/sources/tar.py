@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ..records import Item
 from .files import media_suffixes
-from .options import SourceOptions, cut_text, decode_text
+from .options import SourceOptions, cut_text, caption_text
 
 TEXT_EXTENSIONS = ("txt", "caption", "text")
 
@@ -61,7 +61,7 @@ def _sample(shard: str, uri: str, key: str, members: dict, kinds: frozenset[str]
     if text is None and isinstance(members.get("json"), bytes):
         text = _caption_from_json(members["json"])
     if isinstance(text, bytes):
-        item.text, item.text_truncated = cut_text(decode_text(text))
+        item.text, item.text_truncated = cut_text(caption_text(text))
     suffixes = media_suffixes(kinds)
     image_ext = next((e for e in members if "." + e.rsplit(".", 1)[-1] in suffixes), None)
     if image_ext is None:

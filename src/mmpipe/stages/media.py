@@ -39,6 +39,8 @@ def decode_media(item: Item, opts: MediaOptions) -> Decoded:
             raise ValueError("item has neither bytes nor text")
         decoded.media_type = "text"
         return decoded
+    if not item.data:
+        raise ValueError("empty file")
     kind = sniff_media_type(item.data, item.uri)
     try:
         if kind == "image":
