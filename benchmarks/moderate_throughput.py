@@ -10,7 +10,7 @@ short videos, an animated GIF, text comments, two broken files), same models:
   (a2) the same loop with mmpipe's OCR settings, to show what the pipeline adds beyond them;
   (b) ``mmpipe.moderate`` on the manifest with the default policy: decoding in a thread pool
       overlapped with the models, open_nsfw batched, OCR tuned (long side 640, no angle
-      classifier, one thread per model), texts classified in batches.
+      classifier, one thread per model, two readers), texts classified in batches.
 
     python benchmarks/moderate_throughput.py            # 306 items
     python benchmarks/moderate_throughput.py --quick    # ~60 items, a smoke check
@@ -80,7 +80,7 @@ def main() -> None:
     kinds = {}
     for r in rows:
         kind = "text" if not r.get("image") else sniff_media_type(
-            (manifest.parent / r["image"]).read_bytes()[:4096], r["image"]) or "broken"
+            (manifest.parent / r["image"]).read_bytes(), r["image"]) or "broken"
         kinds[kind] = kinds.get(kind, 0) + 1
     print(f"data: {len(rows)} items ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) "
           f"from {manifest}")

@@ -77,6 +77,7 @@ def moderate(
     max_frames: int = typer.Option(64, help="At most this many frames per video (longer videos are capped)."),
     max_side: int = typer.Option(640, help="Frames are scaled down to this long side before the models."),
     ocr: bool = typer.Option(True, help="Read text in images and video frames (PP-OCR) and moderate it."),
+    ocr_workers: int = typer.Option(2, help="OCR readers in parallel (OCR is the slowest model)."),
     escalate: Optional[bool] = typer.Option(None, help="Send uncertain items to the policy's LLM judge "
                                             "(default: as the policy says)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the judge (…/v1)."),
@@ -100,7 +101,8 @@ def moderate(
     from .jobs.moderate import moderate as run
 
     result = run(input, out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
-                 max_side=max_side, ocr=ocr, escalate=escalate, judge_url=judge_url,
+                 max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
+                 judge_url=judge_url,
                  batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
                  model_threads=model_threads, limit=limit, overwrite=overwrite,
                  shard_size=shard_size, id_column=id_column, image_column=image_column,

@@ -40,6 +40,8 @@ class ModerateConfig(JobConfig):
     max_frames: int = Field(64, ge=1, le=10_000)
     max_side: int = Field(640, ge=32, le=8192)
     ocr: bool = True
+    # OCR is the slowest model; a second single-threaded reader uses a core that one leaves idle.
+    ocr_workers: int = Field(2, ge=1, le=64)
     escalate: bool | None = None  # None: as the policy says
     judge_url: str | None = None
 
@@ -121,7 +123,7 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
     text_sources = categories_of(policy, "profanity", "words")
     if cfg.ocr and any(set(c.media) & {"image", "video"} for c in text_sources):
         stages.append(Stage("ocr", lambda: OcrBatch(cfg.model_threads), batch_size=1,
-                            resources=model))
+                            concurrency=cfg.ocr_workers, resources=model))
     if text_sources:
         stages.append(Stage("text", lambda: TextBatch(policy), batch_size=64))
     if clip is not None:
