@@ -11,20 +11,21 @@ import numpy as np
 
 class ZeroShotClip:
     def __init__(self, embedder, preprocessor, categories: dict[str, tuple[list[str], list[str]]],
-                 temperature: float = 100.0):
+                 temperature: float | dict[str, float] = 100.0):
+        """``temperature``: one logit scale for all categories, or one per category name."""
         self.embedder = embedder
-        self.temperature = temperature
         self.categories = {}
         for name, (positive, negative) in categories.items():
             prompts = [*positive, *negative]
             vectors = embedder.embed_texts([preprocessor.text(p) for p in prompts])
-            self.categories[name] = (np.asarray(vectors, np.float32), len(positive))
+            scale = temperature[name] if isinstance(temperature, dict) else temperature
+            self.categories[name] = (np.asarray(vectors, np.float32), len(positive), scale)
 
     def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(self.embedder.embed_images(pixels), np.float32)
         out = {}
-        for name, (prompts, n_positive) in self.categories.items():
-            logits = images @ prompts.T * self.temperature
+        for name, (prompts, n_positive, scale) in self.categories.items():
+            logits = images @ prompts.T * scale
             logits -= logits.max(axis=1, keepdims=True)
             probs = np.exp(logits)
             probs /= probs.sum(axis=1, keepdims=True)

@@ -54,10 +54,11 @@ class NsfwBatch:
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         records = _visual(batch)
         if records:
-            inputs = np.concatenate([r.outputs.pop("input:open_nsfw") for r in records])
-            scores = self.scorer.score(inputs)
+            # Inputs are dropped only after success: a failed batch is retried item by item.
+            scores = self.scorer.score(np.concatenate([r.outputs["input:open_nsfw"] for r in records]))
             start = 0
             for r in records:
+                del r.outputs["input:open_nsfw"]
                 _set_frame_scores(r, self.names, scores[start:start + len(r.frames)])
                 start += len(r.frames)
         return list(batch)
@@ -82,8 +83,7 @@ class TextBatch:
 
     def __init__(self, policy: Policy):
         self.profanity = categories_of(policy, "profanity")
-        self.words = {c.name: WordMatcher(c.words + [w for name in c.word_lists
-                                                     for w in policy.word_lists[name]], c.patterns)
+        self.words = {c.name: WordMatcher(policy.words_of(c), c.patterns)
                       for c in categories_of(policy, "words")}
         self.scorer = None
         if self.profanity:
@@ -135,17 +135,17 @@ class ZeroShotBatch:
         from ..models.zero_shot import ZeroShotClip
 
         cats = categories_of(policy, "clip")
-        temperature = cats[0].temperature if cats else 100.0
         self.model = ZeroShotClip(clip.make_embedder(), clip.preprocessor,
                                   {c.name: (c.prompts.positive, c.prompts.negative) for c in cats},
-                                  temperature=temperature)
+                                  temperature={c.name: c.temperature for c in cats})
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         records = _visual(batch)
         if records:
-            scores = self.model.score(np.concatenate([r.outputs.pop("input:clip") for r in records]))
+            scores = self.model.score(np.concatenate([r.outputs["input:clip"] for r in records]))
             start = 0
             for r in records:
+                del r.outputs["input:clip"]
                 for name, values in scores.items():
                     r.outputs.setdefault("frame_scores", {})[name] = values[start:start + len(r.frames)]
                 start += len(r.frames)
