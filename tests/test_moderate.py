@@ -113,7 +113,7 @@ def test_review_queue_and_report(moderated):
 JUDGE_POLICY = """
 categories:
   - {name: harassment, source: profanity, media: [text, image, video], review: 0.5, block: 0.99}
-escalation: {enabled: true, timeout_s: 5, max_retries: 1, concurrency: 2}
+escalation: {timeout_s: 5, max_retries: 1, concurrency: 2}   # --judge-url turns it on
 """
 
 
@@ -144,6 +144,11 @@ def test_uncertain_items_go_to_the_judge(tmp_path):
         else:
             assert rows[key]["action"] == "review" and "judge: no usable verdict" in rows[key]["reasons"]
     assert rows["c"]["judge"] is None and rows["c"]["action"] == "allow"
+
+
+def test_bad_judge_url_is_refused_before_the_job(media, tmp_path):
+    with pytest.raises(mmpipe.ConfigError, match="--judge-url: 'ftp://x' is not an http"):
+        mmpipe.moderate(str(media), str(tmp_path / "o"), judge_url="ftp://x", progress=False)
 
 
 def test_bad_policy_is_exit_2_one_line(media, tmp_path):

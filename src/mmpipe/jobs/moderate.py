@@ -9,7 +9,7 @@ from typing import Sequence
 
 import pyarrow as pa
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from ..errors import ConfigError, OutputDirError
 from ..policy import Policy, load_policy
@@ -53,12 +53,9 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     policy = _effective_policy(cfg)
     clip = _load_clip(cfg, policy)
     names = [c.name for c in policy.categories]
-    signature = {"job": "moderate", "policy": policy.model_dump(mode="json"),
-                 "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr,
-                 "fps": cfg.fps, "max_frames": cfg.max_frames}
     job = JobSpec(
         label="moderate",
-        signature=signature,
+        signature=_signature(policy, cfg, clip),
         items=open_source(cfg.input, cfg.source_options(MEDIA_KINDS)),
         stages=moderation_stages(policy, cfg, clip),
         to_table=lambda records: moderation_table(records, names),
@@ -75,16 +72,33 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
 
 
 def _effective_policy(cfg: ModerateConfig) -> Policy:
+    """The policy file with the command line's escalation flags applied (a judge URL alone turns
+    escalation on), validated again so a bad --judge-url stops the job before it starts."""
     policy = load_policy(cfg.policy)
-    esc = policy.escalation
     changes = {}
     if cfg.judge_url:
-        changes["url"] = cfg.judge_url
+        changes.update(url=cfg.judge_url, enabled=True)
     if cfg.escalate is not None:
         changes["enabled"] = cfg.escalate
-    if changes:
-        policy = policy.model_copy(update={"escalation": esc.model_copy(update=changes)})
-    return policy
+    if not changes:
+        return policy
+    data = policy.model_dump()
+    data["escalation"].update(changes)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("--judge-url", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+def _signature(policy: Policy, cfg: ModerateConfig, clip) -> dict:
+    """What makes rows comparable: a resume with another policy or sampling is refused; where the
+    judge runs (URL, timeouts) may change between runs."""
+    escalation = policy.escalation
+    return {"job": "moderate", "policy": policy.model_dump(mode="json", exclude={"escalation"}),
+            "judge": {"enabled": escalation.enabled, "model": escalation.model,
+                      "prompt": escalation.prompt} if escalation.enabled else None,
+            "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr, "fps": cfg.fps,
+            "max_frames": cfg.max_frames, "max_side": cfg.max_side}
 
 
 def _load_clip(cfg: ModerateConfig, policy: Policy):

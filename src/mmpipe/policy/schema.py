@@ -90,6 +90,13 @@ class Escalation(_Strict):
     concurrency: int = Field(4, ge=1)
     max_frames: int = Field(4, ge=0)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http(s):// base URL like http://host:8000/v1")
+        return v.rstrip("/")
+
 
 class Policy(_Strict):
     version: Literal[1] = 1
