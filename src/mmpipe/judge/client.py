@@ -33,13 +33,19 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 RAW_CHARS = 2000
 
 
-class JudgeConfig(BaseModel):
+DEFAULT_PROMPT = ("You are a content moderator. Look at the image(s) and text and decide whether "
+                  "they violate the policy categories named. Answer only with JSON: "
+                  '{"action": "allow" | "review" | "block", "categories": [...], "reason": "..."}')
+
+
+class JudgeSettings(BaseModel):
+    """How to call a judge; the policy's ``escalation`` section is these plus when to call it."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    url: str  # base URL, e.g. http://127.0.0.1:8000/v1
-    model: str
-    prompt: str  # the system prompt
-    api_key: str | None = None
+    url: str = "http://127.0.0.1:8000/v1"  # base URL of an OpenAI-compatible server
+    model: str = "judge"
+    prompt: str = DEFAULT_PROMPT  # the system prompt
     timeout_s: float = Field(30.0, gt=0)
     max_retries: int = Field(3, ge=0)
     backoff_base_s: float = Field(0.5, ge=0)
@@ -56,6 +62,10 @@ class JudgeConfig(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"expected an http(s) base URL like http://host:8000/v1, got {url!r}")
         return url.rstrip("/")
+
+
+class JudgeConfig(JudgeSettings):
+    api_key: str | None = None
 
 
 @dataclass

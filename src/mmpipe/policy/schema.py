@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..judge.client import JudgeSettings
+
 MEDIA = ("image", "video", "text")
 VISUAL_SOURCES = ("open_nsfw", "clip")
 _NAME = re.compile(r"^[a-z][a-z0-9_/-]*$")
@@ -76,26 +78,14 @@ class Category(_Strict):
         return self
 
 
-class Escalation(_Strict):
-    enabled: bool = False
-    url: str = "http://127.0.0.1:8000/v1"
-    model: str = "judge"
-    api_key_env: str | None = None
-    prompt: str = ("You are a content moderator. Look at the image(s) and text and decide whether "
-                   "they violate the policy categories named. Answer only with JSON: "
-                   '{"action": "allow" | "review" | "block", "categories": [...], "reason": "..."}')
-    categories: list[str] = Field(default_factory=list)
-    timeout_s: float = Field(30.0, gt=0)
-    max_retries: int = Field(3, ge=0)
-    concurrency: int = Field(4, ge=1)
-    max_frames: int = Field(4, ge=0)
+class Escalation(JudgeSettings):
+    """When to call the judge (and where, how: the JudgeSettings fields)."""
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"{v!r} is not an http(s):// base URL like http://host:8000/v1")
-        return v.rstrip("/")
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    enabled: bool = False
+    api_key_env: str | None = None  # name of the environment variable holding the API key
+    categories: list[str] = Field(default_factory=list)  # empty: any category in its band
 
 
 class Policy(_Strict):

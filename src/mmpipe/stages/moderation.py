@@ -36,10 +36,21 @@ def _visual(batch: Sequence[Decoded]) -> list[Decoded]:
     return [r for r in batch if r.media_type in VISUAL and r.frames]
 
 
-def _set_frame_scores(record: Decoded, names: list[str], scores: np.ndarray) -> None:
-    frame_scores = record.outputs.setdefault("frame_scores", {})
-    for name in names:
-        frame_scores[name] = scores
+def _score_frames(batch: Sequence[Decoded], key: str, score) -> None:
+    """Run ``score`` once over the prepared inputs ``key`` of every frame in the batch; give each
+    record its slice as ``frame_scores``. Inputs are dropped only after success, because a
+    failed batch is retried item by item."""
+    records = _visual(batch)
+    if not records:
+        return
+    scores = score(np.concatenate([r.outputs[key] for r in records]))
+    start = 0
+    for r in records:
+        del r.outputs[key]
+        frame_scores = r.outputs.setdefault("frame_scores", {})
+        for name, values in scores.items():
+            frame_scores[name] = values[start:start + len(r.frames)]
+        start += len(r.frames)
 
 
 class NsfwBatch:
@@ -52,15 +63,8 @@ class NsfwBatch:
         self.names = [c.name for c in categories_of(policy, "open_nsfw")]
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
-        records = _visual(batch)
-        if records:
-            # Inputs are dropped only after success: a failed batch is retried item by item.
-            scores = self.scorer.score(np.concatenate([r.outputs["input:open_nsfw"] for r in records]))
-            start = 0
-            for r in records:
-                del r.outputs["input:open_nsfw"]
-                _set_frame_scores(r, self.names, scores[start:start + len(r.frames)])
-                start += len(r.frames)
+        _score_frames(batch, "input:open_nsfw",
+                      lambda x: dict.fromkeys(self.names, self.scorer.score(x)))
         return list(batch)
 
 
@@ -140,15 +144,7 @@ class ZeroShotBatch:
                                   temperature={c.name: c.temperature for c in cats})
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
-        records = _visual(batch)
-        if records:
-            scores = self.model.score(np.concatenate([r.outputs["input:clip"] for r in records]))
-            start = 0
-            for r in records:
-                del r.outputs["input:clip"]
-                for name, values in scores.items():
-                    r.outputs.setdefault("frame_scores", {})[name] = values[start:start + len(r.frames)]
-                start += len(r.frames)
+        _score_frames(batch, "input:clip", self.model.score)
         return list(batch)
 
 
@@ -230,10 +226,8 @@ class JudgeBatch:
         self.max_frames = esc.max_frames
         self.request = JudgeRequest
         api_key = os.environ.get(esc.api_key_env) if esc.api_key_env else None
-        self.judge = Judge(JudgeConfig(url=esc.url, model=esc.model, prompt=esc.prompt,
-                                       api_key=api_key, timeout_s=esc.timeout_s,
-                                       max_retries=esc.max_retries, concurrency=esc.concurrency,
-                                       max_frames=esc.max_frames))
+        settings = esc.model_dump(exclude={"enabled", "api_key_env", "categories"})
+        self.judge = Judge(JudgeConfig(**settings, api_key=api_key))
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         todo = [r for r in batch if r.outputs.get("uncertain")]
