@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,28 @@ def image_dir(tmp_path) -> Path:
         if i % 2 == 0:
             target.with_suffix(".txt").write_text(f"a picture number {i}")
     return folder
+
+
+@contextmanager
+def local_http_server(handler):
+    """A real HTTP server on 127.0.0.1 running ``handler`` in a thread; yields its base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def assert_same_rows(got: dict[str, dict], want: dict[str, dict], atol: float = 1e-6) -> None:
+    """Two embedding outputs (rows by id) hold the same ids, vectors, metadata and errors."""
+    assert got.keys() == want.keys()
+    for key, row in want.items():
+        for col in ("image_embedding", "text_embedding"):
+            if row[col] is None:
+                assert got[key][col] is None, (key, col)
+            else:
+                np.testing.assert_allclose(got[key][col], row[col], atol=atol, err_msg=f"{key} {col}")
+        for col in ("uri", "text", "width", "height", "error"):
+            assert got[key][col] == row[col], (key, col)

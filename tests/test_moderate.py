@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import mmpipe
 from mmpipe.sample_moderation import draw_caption, write_video

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from mmpipe import net
 from mmpipe.net import MAX_REDIRECTS, UnsafeURLError, check_url, fetch_url
+from tests.conftest import local_http_server
 
 BODY = b"hello from the test server"
 CAP = 1000
@@ -61,12 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(_Handler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("url", [

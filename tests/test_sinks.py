@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +14,7 @@ from mmpipe.errors import OutputDirError
 from mmpipe.records import Scored, failed
 from mmpipe.sinks import CommitLog, OutputDir, ParquetShardSink
 from mmpipe.sinks.commit_log import Commit
-from tests.conftest import photo
+from tests.conftest import assert_same_rows, photo
 
 SIG = {"job": "test", "model": "m1", "precision": "fp32"}
 
@@ -199,18 +198,6 @@ def reference(photos, tiny_model_spec, tmp_path_factory) -> dict[str, dict]:
     result = run(photos, out, tiny_model_spec, batch_size=5, shard_size=100)
     assert (result.ok, result.errors) == (20, 1)
     return rows_by_id(out)
-
-
-def assert_same_rows(got: dict[str, dict], want: dict[str, dict]) -> None:
-    assert got.keys() == want.keys()
-    for key, row in want.items():
-        for col in ("image_embedding", "text_embedding"):
-            if row[col] is None:
-                assert got[key][col] is None, (key, col)
-            else:
-                assert np.allclose(got[key][col], row[col], atol=1e-6), (key, col)
-        for col in ("uri", "text", "width", "height", "error"):
-            assert got[key][col] == row[col], (key, col)
 
 
 def test_shards_and_numbering_continue_after_commits(photos, tiny_model_spec, reference, tmp_path):

@@ -11,8 +11,7 @@ import json
 import os
 import socket
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 
 import mmpipe
 from mmpipe import ConfigError
-from conftest import photo
+from conftest import local_http_server, photo
 
 SIZE = (96, 64)  # photo()'s default size
 
@@ -466,12 +465,8 @@ class _ImageHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_images():
     _ImageHandler.files = {"/a.png": image_bytes(1), "/b.jpg": image_bytes(2, "JPEG", (70, 50))}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with local_http_server(_ImageHandler) as url:
+        yield url
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import mmpipe
-from tests.conftest import photo
+from tests.conftest import assert_same_rows, photo
 
 MMPIPE = [sys.executable, "-m", "mmpipe.cli"]
 
@@ -43,17 +42,6 @@ def by_id(out: Path) -> dict[str, dict]:
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)), "an id was written twice"
     return {r["id"]: r for r in rows}
-
-
-def assert_same_vectors(got: dict[str, dict], want: dict[str, dict]) -> None:
-    assert got.keys() == want.keys()
-    for key, row in want.items():
-        for col in ("image_embedding", "text_embedding"):
-            if row[col] is None:
-                assert got[key][col] is None, (key, col)
-            else:
-                np.testing.assert_allclose(got[key][col], row[col], atol=1e-5, err_msg=f"{key} {col}")
-        assert got[key]["error"] == row["error"]
 
 
 def test_embed_ok_and_error_rows_exit_0(many_images, tiny_model_spec, tmp_path):
@@ -104,7 +92,7 @@ def test_sigkill_at_any_moment_then_resume_gives_every_id_once(many_images, tiny
 
     final = run_cli(*args[len(MMPIPE):])
     assert final.returncode == 0, final.stderr
-    assert_same_vectors(by_id(out), want)
+    assert_same_rows(by_id(out), want, atol=1e-5)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
