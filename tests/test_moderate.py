@@ -124,6 +124,7 @@ def test_uncertain_items_go_to_the_judge(tmp_path):
         manifest = tmp_path / "texts.jsonl"
         manifest.write_text('{"id": "a", "text": "i will kill you"}\n'
                             '{"id": "b", "text": "shut up"}\n'
+                            '{"id": "d", "text": "you are a stupid idiot"}\n'
                             '{"id": "c", "text": "have a lovely day"}\n')
         policy = tmp_path / "policy.yaml"
         policy.write_text(JUDGE_POLICY)
@@ -143,6 +144,7 @@ def test_uncertain_items_go_to_the_judge(tmp_path):
         else:
             assert rows[key]["action"] == "review" and "judge: no usable verdict" in rows[key]["reasons"]
     assert rows["c"]["judge"] is None and rows["c"]["action"] == "allow"
+    assert rows["d"]["judge"] is None and rows["d"]["action"] == "block"  # a block is not escalated
 
 
 def test_bad_judge_url_is_refused_before_the_job(media, tmp_path):

@@ -180,7 +180,9 @@ class DecideBatch:
                 reasons.append(f"{name}: matched {', '.join(repr(h) for h in hits[:5])}")
         out.update(scores=scores, action=decision.action, flagged=decision.flagged, reasons=reasons,
                    segments=segments if r.media_type == "video" else [],
-                   uncertain=uncertain(self.policy, r.media_type, scores))
+                   # A block stands: the judge only settles items the models left for review.
+                   uncertain=uncertain(self.policy, r.media_type, scores)
+                   if decision.action != "block" else [])
         if r.frames:
             worst = _worst_frame(frame_scores, self.policy, len(r.frames))
             out["worst_frame"] = worst
