@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .loops import is_degenerate
 
 ACTIONS = ("allow", "review", "block")
+MAX_RETRY_AFTER_S = 60.0
 RETRY_STATUS = {429, 500, 502, 503, 504}
 RAW_CHARS = 2000
 
@@ -158,7 +159,8 @@ class Judge:
                     continue
                 if exc.status not in RETRY_STATUS:
                     return None, attempts, str(exc)
-                error, wait_at_least = str(exc), exc.retry_after or 0.0
+                # Honour Retry-After, but a server cannot park a worker for longer than a minute.
+                error, wait_at_least = str(exc), min(exc.retry_after or 0.0, MAX_RETRY_AFTER_S)
             except _BadResponse as exc:
                 return None, attempts, str(exc)
             except (OSError, http.client.HTTPException) as exc:  # URLError and timeouts are OSErrors
