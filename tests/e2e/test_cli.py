@@ -142,6 +142,8 @@ def test_missing_input_and_mismatched_output_are_one_line(image_dir, tiny_model_
                     "--precision", "bf16")
     assert other.returncode == 2 and other.stderr.count("\n") == 1
     assert "precision" in other.stderr and "--overwrite" in other.stderr
+    elsewhere = run_cli("embed", str(image_dir / "sub"), "--out", str(out), "--model", tiny_model_spec)
+    assert elsewhere.returncode == 2 and "input=" in elsewhere.stderr
 
 
 def test_help_explains_the_command():

@@ -39,7 +39,9 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle)
     job = JobSpec(
         label="embed",
-        signature={"job": "embed", "model": str(clip.spec), "precision": cfg.precision},
+        # INPUT too: resuming another input into the same folder would mix two jobs' rows.
+        signature={"job": "embed", "input": cfg.input, "model": str(clip.spec),
+                   "precision": cfg.precision},
         items=open_source(cfg.input, cfg.source_options()),
         stages=embed_stages(clip, cfg),
         to_table=lambda records: embeddings_table(records, clip.dim),

@@ -94,7 +94,8 @@ def _signature(policy: Policy, cfg: ModerateConfig, clip) -> dict:
     """What makes rows comparable: a resume with another policy or sampling is refused; where the
     judge runs (URL, timeouts) may change between runs."""
     escalation = policy.escalation
-    return {"job": "moderate", "policy": policy.model_dump(mode="json", exclude={"escalation"}),
+    return {"job": "moderate", "input": cfg.input,
+            "policy": policy.model_dump(mode="json", exclude={"escalation"}),
             "judge": {"enabled": escalation.enabled, "model": escalation.model,
                       "prompt": escalation.prompt} if escalation.enabled else None,
             "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr, "fps": cfg.fps,
