@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -103,3 +106,42 @@ def assert_same_rows(got: dict[str, dict], want: dict[str, dict], atol: float = 
                 np.testing.assert_allclose(got[key][col], row[col], atol=atol, err_msg=f"{key} {col}")
         for col in ("uri", "text", "width", "height", "error"):
             assert got[key][col] == row[col], (key, col)
+
+
+class RunningServer:
+    """A real uvicorn server on 127.0.0.1 (a free port) running ``app`` in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def post(self, path: str, body: bytes | dict, headers=None) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.headers, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, json.loads(exc.read())
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())

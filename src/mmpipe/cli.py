@@ -114,6 +114,30 @@ def moderate(
 
 
 @app.command()
+def serve(
+    config: Optional[str] = typer.Option(None, help="Serve config YAML (policy, batching, replicas, limits)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, help="Port [default: 8000]."),
+    policy: Optional[str] = typer.Option(None, help="Moderation policy YAML [default: the shipped policy]."),
+    max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch [default: 16]."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others [default: 5]."),
+    replicas: Optional[int] = typer.Option(None, help="Model workers [default: 1]."),
+) -> None:
+    """Serve /v1/moderations (OpenAI schema) with the moderation job's models and policy."""
+    import uvicorn
+
+    from .serve.app import create_app
+    from .serve.config import load_serve_config
+
+    cfg = load_serve_config(config, host=host, port=port, policy=policy,
+                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, replicas=replicas)
+    err.print(f"loading models ({cfg.replicas} replica{'s' * (cfg.replicas != 1)})…", markup=False)
+    app_ = create_app(cfg)
+    err.print(f"serving on http://{cfg.host}:{cfg.port}/v1 (POST /v1/moderations)", markup=False)
+    uvicorn.run(app_, host=cfg.host, port=cfg.port, log_level="warning")
+
+
+@app.command()
 def demo(
     out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample set and the outputs."),
     n: int = typer.Option(120, "--n", min=1, help="How many sample photos to make."),

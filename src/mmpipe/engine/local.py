@@ -112,16 +112,15 @@ class LocalEngine:
             ended = False
             while not ended:
                 batch, ended = _take_batch(inbox, stage.batch_size, stop)
-                healthy = [r for r in batch if r.error is None]
+                healthy = sum(r.error is None for r in batch)
                 if healthy:
                     t0 = time.perf_counter()
-                    done = iter(apply_batch(stage.name, fn, healthy))
+                    batch = apply_to_healthy(stage.name, fn, batch)
                     busy = time.perf_counter() - t0
                     with lock:
                         stats.busy_s += busy
-                        stats.items += len(healthy)
+                        stats.items += healthy
                         stats.batches += 1
-                    batch = [next(done) if r.error is None else r for r in batch]
                 for r in batch:
                     _put(outbox, r, stop)
             with lock:
@@ -143,6 +142,23 @@ def apply_batch(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Recor
     for record in batch:
         out.extend(apply_batch(stage_name, fn, [record]))
     return out
+
+
+def apply_to_healthy(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Record]:
+    """``fn`` on the records without an error; error records pass through in their place."""
+    healthy = [r for r in batch if r.error is None]
+    if not healthy:
+        return batch
+    done = iter(apply_batch(stage_name, fn, healthy))
+    return [next(done) if r.error is None else r for r in batch]
+
+
+def run_in_turn(stage_fns: Sequence[tuple[str, BatchFn]], batch: list[Record]) -> list[Record]:
+    """Every stage on the whole batch, one after the other, in this thread (what a server
+    replica does with a dynamic batch)."""
+    for name, fn in stage_fns:
+        batch = apply_to_healthy(name, fn, batch)
+    return batch
 
 
 def _checked(out: list[Record], batch: list[Record]) -> list[Record]:

@@ -50,8 +50,8 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     """Moderate every image, video and text of ``input`` into ``out`` (shards, review.jsonl,
     report.html). Options are the fields of ``ModerateConfig``; re-running resumes."""
     cfg = ModerateConfig.build(input=input, out=out, **options)
-    policy = _effective_policy(cfg)
-    clip = _load_clip(cfg, policy)
+    policy = effective_policy(cfg)
+    clip = load_policy_clip(cfg, policy)
     names = [c.name for c in policy.categories]
     job = JobSpec(
         label="moderate",
@@ -71,7 +71,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     return result
 
 
-def _effective_policy(cfg: ModerateConfig) -> Policy:
+def effective_policy(cfg: ModerateConfig) -> Policy:
     """The policy file with the command line's escalation flags applied (a judge URL alone turns
     escalation on), validated again so a bad --judge-url stops the job before it starts."""
     policy = load_policy(cfg.policy)
@@ -102,7 +102,7 @@ def _signature(policy: Policy, cfg: ModerateConfig, clip) -> dict:
             "max_frames": cfg.max_frames, "max_side": cfg.max_side}
 
 
-def _load_clip(cfg: ModerateConfig, policy: Policy):
+def load_policy_clip(cfg: ModerateConfig, policy: Policy):
     if not categories_of(policy, "clip"):
         return None
     if cfg.clip_model is None:

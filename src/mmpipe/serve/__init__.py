@@ -1,0 +1,1 @@
+"""The batch jobs' stages behind an OpenAI-compatible HTTP API (``mmpipe serve``)."""

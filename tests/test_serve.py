@@ -1,0 +1,125 @@
+"""``mmpipe serve``: a real uvicorn server on 127.0.0.1 with the real moderation models, called
+with the official ``openai`` client and with raw HTTP for the error cases."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from mmpipe.sample_moderation import draw_caption
+from mmpipe.serve.app import create_app
+from mmpipe.serve.config import ServeConfig
+from tests.conftest import RunningServer, photo
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = RunningServer(create_app(ServeConfig(max_batch_size=8, max_wait_ms=50, max_body_bytes=2_000_000)))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def data_url(text: str) -> str:
+    buf = io.BytesIO()
+    draw_caption(photo(2, size=(640, 360)), text, size=34).save(buf, "JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_text_moderation_with_the_openai_client(client):
+    result = client.moderations.create(model="mmpipe-moderation", input="you are a stupid idiot")
+    assert result.model == "mmpipe-moderation" and len(result.results) == 1
+    first = result.results[0].model_dump()
+    assert first["flagged"] is True
+    assert first["category_scores"]["harassment"] > 0.9
+    assert first["categories"]["harassment"] is True and first["categories"]["sexual"] is False
+    assert first["category_applied_input_types"]["harassment"] == ["text"]
+    assert first["category_applied_input_types"]["sexual"] == []  # an image category
+
+
+def test_a_list_of_strings_gives_one_result_each(client):
+    result = client.moderations.create(input=["have a lovely day", "I want to kill myself"])
+    flags = [r.flagged for r in result.results]
+    assert flags == [False, True]
+    assert result.results[1].model_dump()["categories"]["self-harm"] is True
+
+
+def test_image_parts_are_read_and_moderated(client):
+    result = client.moderations.create(model="omni-moderation-latest", input=[
+        {"type": "text", "text": "look at this"},
+        {"type": "image_url", "image_url": {"url": data_url("you are a stupid idiot")}},
+    ])
+    first = result.results[0].model_dump()
+    assert first["flagged"] and first["category_scores"]["harassment"] > 0.9
+    assert first["category_applied_input_types"]["harassment"] == ["image", "text"]
+    assert first["category_applied_input_types"]["sexual"] == ["image"]
+    clean = client.moderations.create(input=[
+        {"type": "image_url", "image_url": {"url": data_url("have a lovely day")}}])
+    assert clean.results[0].flagged is False
+
+
+def test_concurrent_requests_are_batched(server, client):
+    texts = [f"message number {i}, have a nice day" for i in range(24)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda t: client.moderations.create(input=t), texts))
+    assert all(not r.results[0].flagged for r in results)
+    assert max(server.app.state.batcher.batch_sizes) > 1
+
+
+def test_health_ready_and_models(server):
+    assert server.get("/healthz") == (200, {"status": "alive"})
+    status, ready = server.get("/readyz")
+    assert status == 200 and ready["status"] == "ready"
+    status, models = server.get("/v1/models")
+    assert status == 200 and models["data"][0]["id"] == "mmpipe-moderation"
+
+
+@pytest.mark.parametrize("body, status, param, words", [
+    (b"{not json", 400, None, "invalid JSON"),
+    (b"[1, 2]", 400, None, "JSON object"),
+    ({"input": 42}, 400, "input", "input must be"),
+    ({"input": [{"type": "audio"}]}, 400, "input[0]", "each part"),
+    ({"input": "hi", "model": "gpt-99"}, 404, "model", "does not exist"),
+    ({"input": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.jpg"}}]}, 400,
+     "input[0].image_url.url", "cannot use image URL"),
+    ({"input": [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]}, 400,
+     "input[0].image_url.url", "cannot use image URL"),
+    ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}]}, 400,
+     "input[0].image_url.url", "base64"),
+    ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}, 400,
+     "input[0]", "decode"),
+])
+def test_bad_requests_get_openai_error_bodies(server, body, status, param, words):
+    code, _, answer = server.post("/v1/moderations", body)
+    assert code == status
+    error = answer["error"]
+    assert words in error["message"] and error["param"] == param and error["type"]
+
+
+def test_bodies_over_the_cap_are_413(server):
+    code, _, answer = server.post("/v1/moderations", {"input": "x" * 3_000_000})
+    assert code == 413 and "limit" in answer["error"]["message"]
+
+
+def test_overload_is_429_with_retry_after_then_recovers():
+    s = RunningServer(create_app(ServeConfig(max_batch_size=1, max_wait_ms=0, max_queue=2)))
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: s.post("/v1/moderations", {"input": f"text {i} " * 200}),
+                                    range(32)))
+        codes = [code for code, _, _ in answers]
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        code, headers, body = next(a for a in answers if a[0] == 429)
+        assert headers.get("Retry-After") == "1" and body["error"]["type"] == "rate_limit_error"
+        assert s.post("/v1/moderations", {"input": "fine again"})[0] == 200
+    finally:
+        s.stop()
