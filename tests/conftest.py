@@ -58,6 +58,47 @@ def tiny_model_spec(tiny_clip) -> str:
     return f"path:{tiny_clip}"
 
 
+@pytest.fixture(scope="session")
+def reference(tiny_clip) -> "ClipReference":
+    """What a user would write by hand on the tiny checkpoint: transformers' own processor,
+    tokenizer and model, to compare our vectors with."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return ClipReference(CLIPModel.from_pretrained(tiny_clip).eval(),
+                         CLIPImageProcessorPil.from_pretrained(tiny_clip),
+                         AutoTokenizer.from_pretrained(tiny_clip))
+
+
+class ClipReference:
+    def __init__(self, model, processor, tokenizer):
+        self.model, self.processor, self.tokenizer = model, processor, tokenizer
+
+    def pixels(self, images: list[Image.Image]) -> np.ndarray:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"].numpy()
+
+    def image_vectors(self, images: list[Image.Image]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.get_image_features(pixel_values=torch.from_numpy(self.pixels(images)))
+        return _unit(out.pooler_output.numpy())
+
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(texts, padding=True, truncation=True,
+                             max_length=self.model.config.text_config.max_position_embeddings,
+                             return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.get_text_features(**enc)
+        return _unit(out.pooler_output.numpy())
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
 def photo(seed: int, size=(96, 64)) -> Image.Image:
     """A smooth, photo-like RGB image (gradients + blobs), distinct per seed."""
     rng = np.random.default_rng(seed)
@@ -140,8 +181,12 @@ class RunningServer:
             return exc.code, exc.headers, json.loads(exc.read())
 
     def get(self, path: str) -> tuple[int, dict]:
+        status, text = self.get_text(path)
+        return status, json.loads(text)
+
+    def get_text(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
+                return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+            return exc.code, exc.read().decode()

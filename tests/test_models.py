@@ -36,41 +36,6 @@ SMALL_JPEG_SIZES = [(60, 40), (40, 60), (50, 50), (33, 33), (63, 100)]
 LARGE_JPEG_SIZES = [(200, 150), (96, 64), (640, 480)]
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_clip):
-    from transformers import AutoTokenizer, CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    return _Reference(CLIPModel.from_pretrained(tiny_clip).eval(),
-                      CLIPImageProcessorPil.from_pretrained(tiny_clip),
-                      AutoTokenizer.from_pretrained(tiny_clip))
-
-
-class _Reference:
-    def __init__(self, model, processor, tokenizer):
-        self.model, self.processor, self.tokenizer = model, processor, tokenizer
-
-    def pixels(self, images: list[Image.Image]) -> np.ndarray:
-        return self.processor(images=images, return_tensors="pt")["pixel_values"].numpy()
-
-    def image_vectors(self, images: list[Image.Image]) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.model.get_image_features(pixel_values=torch.from_numpy(self.pixels(images)))
-        return _unit(out.pooler_output.numpy())
-
-    def text_vectors(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, truncation=True,
-                             max_length=self.model.config.text_config.max_position_embeddings,
-                             return_tensors="pt")
-        with torch.inference_mode():
-            out = self.model.get_text_features(**enc)
-        return _unit(out.pooler_output.numpy())
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def _write_images(folder: Path, sizes, suffix: str, seed: int) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []

@@ -13,13 +13,15 @@ import pytest
 
 from mmpipe.sample_moderation import draw_caption
 from mmpipe.serve.app import create_app
-from mmpipe.serve.config import ServeConfig
+from mmpipe.errors import ConfigError
+from mmpipe.serve.config import Moderation, ServeConfig, load_serve_config
 from tests.conftest import RunningServer, photo
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = RunningServer(create_app(ServeConfig(max_batch_size=8, max_wait_ms=50, max_body_bytes=2_000_000)))
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=8, max_wait_ms=50),
+                                          max_body_bytes=2_000_000)))
     yield s
     s.stop()
 
@@ -72,7 +74,7 @@ def test_concurrent_requests_are_batched(server, client):
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda t: client.moderations.create(input=t), texts))
     assert all(not r.results[0].flagged for r in results)
-    assert max(server.app.state.batcher.batch_sizes) > 1
+    assert max(server.app.state.batchers["moderations"].batch_sizes) > 1
 
 
 def test_health_ready_and_models(server):
@@ -111,7 +113,7 @@ def test_bodies_over_the_cap_are_413(server):
 
 
 def test_overload_is_429_with_retry_after_then_recovers():
-    s = RunningServer(create_app(ServeConfig(max_batch_size=1, max_wait_ms=0, max_queue=2)))
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=1, max_wait_ms=0, max_queue=2))))
     try:
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda i: s.post("/v1/moderations", {"input": f"text {i} " * 200}),
@@ -123,3 +125,43 @@ def test_overload_is_429_with_retry_after_then_recovers():
         assert s.post("/v1/moderations", {"input": "fine again"})[0] == 200
     finally:
         s.stop()
+
+
+def test_timeouts_are_504(tmp_path):
+    s = RunningServer(create_app(ServeConfig(request_timeout_s=0.01)))
+    try:
+        code, _, body = s.post("/v1/moderations", {"input": [
+            {"type": "image_url", "image_url": {"url": data_url("a long caption to read " * 3)}}]})
+        assert code == 504 and body["error"]["type"] == "timeout_error"
+    finally:
+        s.stop()
+
+
+def test_metrics_count_requests_batches_and_errors(server, client):
+    client.moderations.create(input="counted")
+    server.post("/v1/moderations", b"{broken")
+    status, text = server.get_text("/metrics")
+    assert status == 200
+    assert 'mmpipe_request_seconds_count{route="/v1/moderations",status="200"}' in text
+    assert 'mmpipe_request_seconds_count{route="/v1/moderations",status="400"}' in text
+    assert 'mmpipe_errors_total{reason="invalid_json"}' in text
+    assert 'mmpipe_batch_size_count{model="mmpipe-moderation"}' in text
+    assert 'mmpipe_queue_depth{model="mmpipe-moderation"} 0.0' in text
+    assert 'mmpipe_replica_busy{model="mmpipe-moderation",replica="0"}' in text
+
+
+def test_serve_config_errors_name_the_field(tmp_path):
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("moderation:\n  max_batch_size: 0\n")
+    with pytest.raises(ConfigError, match=r"serve.yaml: moderation.max_batch_size: .*greater than"):
+        load_serve_config(str(bad))
+    bad.write_text("embeddings:\n  model: path:x\n  buckets: [4, 2]\n")
+    with pytest.raises(ConfigError, match="buckets must be increasing"):
+        load_serve_config(str(bad))
+    bad.write_text("moderations: {}\n")
+    with pytest.raises(ConfigError, match="moderations: Extra inputs"):
+        load_serve_config(str(bad))
+    with pytest.raises(ConfigError, match=r"--replicas: .*greater than or equal to 1"):
+        load_serve_config(None, replicas=0)
+    with pytest.raises(ConfigError, match=r"--config: no config file"):
+        load_serve_config(str(tmp_path / "missing.yaml"))

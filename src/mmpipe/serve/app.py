@@ -1,38 +1,58 @@
-"""The HTTP server: routes, admission and errors. Model work happens in the batcher's threads."""
+"""The HTTP server: routes, admission, deadlines, errors and metrics. Model work happens in the
+batchers' replica threads; this module only moves requests to them and answers back."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from typing import Awaitable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..jobs.moderate import ModerateConfig, effective_policy, load_policy_clip
 from .batcher import DynamicBatcher, Overloaded
 from .config import ServeConfig
+from .embeddings import embed_request, embedding_model
 from .errors import RequestError, error_response
-from .moderations import moderate_request, moderation_runner
+from .inputs import InputLimits
+from .metrics import ServeMetrics
+from .moderations import MODEL_ID, moderate_request, moderation_model
 
-MODERATION_MODEL = "mmpipe-moderation"
+ROUTES = ("/v1/moderations", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics")
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    """Loads the models (every replica) before returning: a started server is a ready server."""
-    job = ModerateConfig(input="-", out="-", policy=config.policy, clip_model=config.clip_model,
-                         max_pixels=config.max_pixels, model_threads=config.model_threads,
-                         escalate=False)
-    policy = effective_policy(job)
-    clip = load_policy_clip(job, policy)
-    batcher = DynamicBatcher(moderation_runner(policy, job, clip), config.max_batch_size,
-                             config.max_wait_ms, config.max_queue, config.replicas)
+    """Loads every model before returning: a started server is a ready server."""
+    metrics = ServeMetrics()
+    served, policy = moderation_model(config)
+    batchers = {"moderations": DynamicBatcher(served, config.moderation, metrics)}
+    embeddings = embedding_model(config) if config.embeddings else None
+    if embeddings:
+        batchers["embeddings"] = DynamicBatcher(embeddings.served, config.embeddings, metrics)
+    limits = InputLimits(config.max_body_bytes, config.allow_private_urls)
     app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None)
-    app.state.batcher = batcher
+    app.state.batchers, app.state.metrics = batchers, metrics
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
+        metrics.latency.labels(route, str(response.status_code)).observe(time.perf_counter() - t0)
+        return response
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: RequestError):
+        metrics.errors.labels(exc.code or str(exc.status)).inc()
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception):
+        # Still an OpenAI-shaped body, so clients parse it like any other error.
+        metrics.errors.labels("internal").inc()
+        return error_response(RequestError(f"internal error: {type(exc).__name__}: {exc}",
+                                           status=500, code="internal"))
 
     @app.get("/healthz")
     async def healthz():
@@ -40,55 +60,71 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz():
-        # Routers read utilisation (admitted items / admission limit) to decide when to spill.
-        state = {"queued": batcher.depth, "max_queue": config.max_queue,
-                 "utilisation": round(batcher.depth / config.max_queue, 4)}
-        if not batcher.ready.is_set():
-            return JSONResponse({"status": "loading", **state}, status_code=503)
-        if batcher.depth >= config.max_queue:
+        # Routers read utilisation (admitted items / admission limit, the fullest model's) to
+        # decide when to spill to another server.
+        fullest = max(batchers.values(), key=lambda b: b.utilisation)
+        state = {"queued": fullest.admitted, "max_queue": fullest.cfg.max_queue,
+                 "utilisation": round(fullest.utilisation, 4)}
+        if fullest.utilisation >= 1:
             return JSONResponse({"status": "overloaded", **state}, status_code=503)
         return {"status": "ready", **state}
 
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": MODERATION_MODEL, "object": "model",
-                                            "created": int(time.time()), "owned_by": "mmpipe"}]}
+        ids = [MODEL_ID] + ([embeddings.served.name] if embeddings else [])
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": int(time.time()),
+                                            "owned_by": "mmpipe"} for i in ids]}
 
     @app.post("/v1/moderations")
     async def moderations(request: Request):
         body = await _json_body(request, config.max_body_bytes)
-        model = body.get("model") or MODERATION_MODEL
-        if model not in (MODERATION_MODEL, "omni-moderation-latest", "text-moderation-latest"):
-            raise RequestError(f"model {model!r} does not exist; try {MODERATION_MODEL!r}",
-                               param="model", status=404, code="model_not_found")
-        try:
-            return await asyncio.wait_for(
-                moderate_request(body, batcher, policy, model, config.max_body_bytes,
-                                 config.allow_private_urls),
-                timeout=config.request_timeout_s)
-        except Overloaded as exc:
-            raise RequestError(f"server overloaded: {exc}; retry later", status=429,
-                               code="overloaded", headers={"Retry-After": "1"}) from None
-        except asyncio.TimeoutError:
-            raise RequestError(f"request took longer than {config.request_timeout_s} s",
-                               status=504, code="timeout") from None
+        model = body.get("model") or MODEL_ID
+        return await _answer(moderate_request(body, batchers["moderations"], policy, model, limits),
+                             config.request_timeout_s)
+
+    @app.post("/v1/embeddings")
+    async def embed(request: Request):
+        body = await _json_body(request, config.max_body_bytes)
+        if embeddings is None:
+            raise RequestError("this server has no embedding model; start it with "
+                               "--embedding-model path:DIR (a CLIP checkpoint)", param="model",
+                               status=404, code="model_not_found")
+        return await _answer(embed_request(body, batchers["embeddings"], embeddings, limits),
+                             config.request_timeout_s)
 
     return app
+
+
+async def _answer(work: Awaitable[dict], timeout_s: float) -> dict:
+    try:
+        return await asyncio.wait_for(work, timeout=timeout_s)
+    except Overloaded as exc:
+        raise RequestError(f"server overloaded: {exc}; retry later", status=429,
+                           code="overloaded", headers={"Retry-After": "1"}) from None
+    except asyncio.TimeoutError:
+        raise RequestError(f"request took longer than {timeout_s} s", status=504,
+                           code="timeout") from None
 
 
 async def _json_body(request: Request, max_bytes: int) -> dict:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestError(f"body of {declared} bytes exceeds the {max_bytes}-byte limit", status=413)
-    raw = b""
+        raise RequestError(f"body of {declared} bytes exceeds the {max_bytes}-byte limit",
+                           status=413, code="body_too_large")
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > max_bytes:
-            raise RequestError(f"body exceeds the {max_bytes}-byte limit", status=413)
+            raise RequestError(f"body exceeds the {max_bytes}-byte limit", status=413,
+                               code="body_too_large")
     try:
         body = json.loads(raw)
     except ValueError as exc:
-        raise RequestError(f"invalid JSON body: {exc}") from None
+        raise RequestError(f"invalid JSON body: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise RequestError("the body must be a JSON object")
+        raise RequestError("the body must be a JSON object", code="invalid_json")
     return body

@@ -1,84 +1,149 @@
 """Dynamic batching: requests wait at most ``max_wait_ms`` to share a forward pass of up to
 ``max_batch_size`` items; admission is bounded, so overload is refused, never queued forever.
 
-Workers are threads (one per replica) that own their models; the event loop only enqueues and
-awaits futures, so it stays responsive while models run.
+Replicas are threads calling one shared ``predict`` (one copy of the weights: ONNX Runtime
+sessions and torch modules in inference mode are safe to call from several threads). The event
+loop only enqueues and awaits futures, so it stays responsive while models run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import copy
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .config import Batching
+from .metrics import ServeMetrics
+from .served import ServedModel
 
 
 class Overloaded(Exception):
     """The admission queue is full: answer 429 and let the client back off."""
 
 
-class DynamicBatcher:
-    def __init__(self, make_runner: Callable[[], Callable[[list], list]], max_batch_size: int = 16,
-                 max_wait_ms: float = 5.0, max_queue: int = 256, replicas: int = 1):
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.max_queue = max_queue
-        self.queue: queue.Queue = queue.Queue()
-        self.admitted = 0
-        self.lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # recent batch sizes, for tests and metrics
-        self.ready = threading.Event()
-        self._loaded = threading.Barrier(replicas + 1)
-        self.threads = [threading.Thread(target=self._work, args=(make_runner,), daemon=True,
-                                         name=f"mmpipe-serve-{i}") for i in range(replicas)]
-        for t in self.threads:
-            t.start()
-        self._loaded.wait()
-        self.ready.set()
+@dataclass
+class _Request:
+    items: list
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
 
     @property
-    def depth(self) -> int:
-        return self.admitted
+    def abandoned(self) -> bool:  # timed out or the client went away: skip its work
+        return self.future.done()
+
+
+class DynamicBatcher:
+    def __init__(self, model: ServedModel, batching: Batching, metrics: ServeMetrics):
+        self.name, self.model, self.cfg, self.metrics = model.name, model, batching, metrics
+        self.admitted = 0
+        self.pending: deque[_Request] = deque()
+        self.cond = threading.Condition()
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and tuning
+        self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
+                                         name=f"mmpipe-{model.name}-{i}") for i in range(batching.replicas)]
+        for t in self.threads:
+            t.start()
+
+    @property
+    def utilisation(self) -> float:
+        return self.admitted / self.cfg.max_queue
 
     async def submit(self, items: Sequence[Any]) -> list[Any]:
-        """Results for ``items`` (in order); raises Overloaded when they cannot be admitted."""
-        with self.lock:
-            if self.admitted + len(items) > self.max_queue:
-                raise Overloaded(f"{self.admitted} items already queued (limit {self.max_queue})")
+        """Records for ``items`` (in order): prepared in a thread of this request's own, then
+        batched with other requests' items. Raises Overloaded when they cannot be admitted,
+        before any work is spent on them."""
+        with self.cond:
+            if self.admitted + len(items) > self.cfg.max_queue:
+                raise Overloaded(f"{self.admitted} items already queued (limit {self.cfg.max_queue})")
             self.admitted += len(items)
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        for item, future in zip(items, futures):
-            self.queue.put((item, future, loop))
+            self.metrics.queue_depth.labels(self.name).set(self.admitted)
         try:
-            return list(await asyncio.gather(*futures))
+            records = await asyncio.to_thread(self.model.prepare, items)
+            loop = asyncio.get_running_loop()
+            request = _Request(records, loop.create_future(), loop)
+            with self.cond:
+                self.pending.append(request)
+                self.cond.notify()
+            return await request.future
         finally:
-            with self.lock:
+            with self.cond:
                 self.admitted -= len(items)
+                self.metrics.queue_depth.labels(self.name).set(self.admitted)
 
-    def _work(self, make_runner) -> None:
-        run = make_runner()  # loads this replica's models
-        self._loaded.wait()
+    def _work(self, replica: int) -> None:
+        busy = self.metrics.busy.labels(self.name, str(replica))
         while True:
-            batch = [self.queue.get()]
-            deadline = time.monotonic() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(self.queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            self.batch_sizes = (self.batch_sizes + [len(batch)])[-1000:]
+            requests = self._collect()
+            busy.set(1)
             try:
-                results = run([item for item, _, _ in batch])
-                outcomes = [(f, loop, r, None) for (_, f, loop), r in zip(batch, results)]
+                outcome = self._run([item for r in requests for item in r.items]), None
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
-                outcomes = [(f, loop, None, exc) for _, f, loop in batch]
-            for future, loop, result, exc in outcomes:
-                loop.call_soon_threadsafe(_settle, future, result, exc)
+                outcome = None, exc
+            finally:
+                busy.set(0)
+            results, error = outcome
+            start = 0
+            for r in requests:
+                done = None if error else results[start:start + len(r.items)]
+                start += len(r.items)
+                r.loop.call_soon_threadsafe(_settle, r.future, done, error)
+
+    def _collect(self) -> list[_Request]:
+        """Requests for one batch: the oldest live one, then others that arrive within
+        ``max_wait_ms`` while they fit in the batch (and the in-flight limit allows)."""
+        cfg = self.cfg
+        limit = cfg.max_inflight_per_replica or cfg.max_batch_size
+        with self.cond:
+            first = self._pop_live(None)
+            batch, size = [first], len(first.items)
+            deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
+            while size < cfg.max_batch_size and len(batch) < limit:
+                nxt = self._pop_live(deadline, room=cfg.max_batch_size - size)
+                if nxt is None:
+                    break
+                batch.append(nxt)
+                size += len(nxt.items)
+            return batch
+
+    def _pop_live(self, deadline: float | None, room: int | None = None) -> _Request | None:
+        """The next request not abandoned; waits until ``deadline`` (None: for ever). With
+        ``room``, only a request of at most that many items (others keep their place)."""
+        while True:
+            while self.pending and self.pending[0].abandoned:
+                self.pending.popleft()
+            if self.pending:
+                if room is not None and len(self.pending[0].items) > room:
+                    return None
+                return self.pending.popleft()
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return None
+            self.cond.wait(timeout)
+
+    def _run(self, items: list) -> list:
+        """``predict`` in chunks of ``max_batch_size`` (a request may be bigger than one batch),
+        each padded to its shape bucket."""
+        out = []
+        for start in range(0, len(items), self.cfg.max_batch_size):
+            chunk = items[start:start + self.cfg.max_batch_size]
+            self.batch_sizes.append(len(chunk))
+            self.metrics.batch_size.labels(self.name).observe(len(chunk))
+            out.extend(self.model.predict(self._padded(chunk))[:len(chunk)])
+        return out
+
+    def _padded(self, chunk: list) -> list:
+        buckets = self.cfg.buckets
+        if not buckets:
+            return chunk
+        target = next(b for b in buckets if b >= len(chunk))
+        if target > len(chunk):
+            self.metrics.padded.labels(self.name).inc(target - len(chunk))
+        # Copies, not the same object again: stages fill records in place.
+        return chunk + [copy.deepcopy(chunk[-1]) for _ in range(target - len(chunk))]
 
 
 def _settle(future: asyncio.Future, result, exc) -> None:

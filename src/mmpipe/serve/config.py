@@ -1,51 +1,131 @@
-"""``mmpipe serve`` settings (a YAML file and/or flags), validated before anything loads."""
+"""``mmpipe serve`` settings (a YAML file and/or flags), validated before anything loads.
+
+Example::
+
+    port: 8000
+    moderation:            # always served; the shipped policy unless `policy` names a file
+      policy: my-policy.yaml
+      max_batch_size: 16
+      replicas: 2
+    embeddings:            # optional: /v1/embeddings answers once a CLIP model is named
+      model: path:/models/clip-vit-base-patch32
+      max_batch_size: 32
+      buckets: [1, 4, 16, 32]
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..decode.image import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
 
+_STRICT = ConfigDict(extra="forbid", protected_namespaces=())
 
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    policy: str | None = None  # the moderation policy; None: the default
-    clip_model: str | None = None  # for zero-shot policy categories
+class Batching(BaseModel):
+    """How one model's requests are batched and how many workers serve it."""
+
+    model_config = _STRICT
+
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    # Worker threads sharing one copy of the weights (several replicas keep a GPU busy while
+    # one of them is between batches).
     replicas: int = Field(1, ge=1, le=64)
+    # Requests one batch may hold (1: each request alone, as big generative models need).
+    max_inflight_per_replica: int | None = Field(None, ge=1)
+    # Static shapes: batches are padded up to the next of these sizes (compilers such as
+    # TensorRT or Neuron build one graph per shape). Padding never reaches a response.
+    buckets: list[int] | None = None
     max_queue: int = Field(256, ge=1)  # items admitted at once; beyond it: 429
-    request_timeout_s: float = Field(30.0, gt=0)  # beyond it: 504
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # beyond it: 413
-    allow_private_urls: bool = False
-    max_pixels: int = Field(64_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _buckets_cover_batches(self):
+        if self.buckets is not None:
+            if not self.buckets or any(b < 1 for b in self.buckets) or sorted(set(self.buckets)) != self.buckets:
+                raise ValueError("buckets must be increasing positive sizes, e.g. [1, 4, 16]")
+            if self.buckets[-1] < self.max_batch_size:
+                raise ValueError(f"the largest bucket ({self.buckets[-1]}) must be at least "
+                                 f"max_batch_size ({self.max_batch_size})")
+        return self
+
+
+class Moderation(Batching):
+    policy: str | None = None  # the moderation policy; None: the shipped default
+    clip_model: str | None = None  # for zero-shot policy categories
     model_threads: int = Field(1, ge=1, le=256)
 
 
-def load_serve_config(path: str | None, **overrides) -> ServeConfig:
-    data = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", f"no config file {path!r}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(p.name, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(p.name, "a serve config is a YAML mapping")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+class Embeddings(Batching):
+    model: str  # a CLIP spec, as `mmpipe embed --model` takes
+    name: str | None = None  # the id clients pass as `model`; default: derived from the spec
+    device: str = "cpu"
+    precision: str = "fp32"
+    allow_pickle: bool = False
+    # Matryoshka-trained models keep their meaning when cut short; CLIP does not, so a request's
+    # `dimensions` is refused unless this is set.
+    truncatable: bool = False
+    max_batch_size: int = Field(32, ge=1, le=1024)
+
+
+class ServeConfig(BaseModel):
+    model_config = _STRICT
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    moderation: Moderation = Field(default_factory=Moderation)
+    embeddings: Embeddings | None = None
+    request_timeout_s: float = Field(30.0, gt=0)  # beyond it: 504
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # beyond it: 413
+    allow_private_urls: bool = False
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)  # decompression bombs stop here
+
+
+# Flags that set a field in every model section rather than at the top level.
+PER_MODEL_FLAGS = ("max_batch_size", "max_wait_ms", "replicas", "max_inflight_per_replica")
+
+
+def load_serve_config(path: str | None, **flags) -> ServeConfig:
+    """The config file (if any) with the command line's flags on top; a bad value stops here
+    with one line naming the file or flag and the field."""
+    data = _read_yaml(path) if path else {}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    given = set(flags)
+    if "policy" in flags:
+        data.setdefault("moderation", {})["policy"] = flags.pop("policy")
+    if "embedding_model" in flags:
+        data["embeddings"] = {**(data.get("embeddings") or {}), "model": flags.pop("embedding_model")}
+    for key in PER_MODEL_FLAGS:
+        if key in flags:
+            value = flags.pop(key)
+            for section in ("moderation", "embeddings"):
+                if section == "moderation" or data.get(section):
+                    data.setdefault(section, {})[key] = value
+    data.update(flags)
     try:
         return ServeConfig(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "config"
-        where = Path(path).name if path and field not in overrides else f"--{field.replace('_', '-')}"
-        raise ConfigError(where, f"{field}: {err['msg']}" if where != f"--{field.replace('_', '-')}"
-                          else err["msg"]) from None
+        leaf = str(err["loc"][-1]) if err["loc"] else ""
+        from_flag = leaf in given or (leaf == "model" and "embedding_model" in given)
+        flag = "embedding_model" if leaf == "model" else leaf
+        where = f"--{flag.replace('_', '-')}" if from_flag else Path(path or "config").name
+        raise ConfigError(where, err["msg"] if from_flag else f"{field}: {err['msg']}") from None
+
+
+def _read_yaml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("--config", f"no config file {path!r}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(p.name, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(p.name, "a serve config is a YAML mapping")
+    return data

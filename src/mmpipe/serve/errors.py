@@ -14,7 +14,8 @@ class RequestError(Exception):
 
 
 KINDS = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-         429: "rate_limit_error", 503: "service_unavailable", 504: "timeout_error"}
+         429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
+         504: "timeout_error"}
 
 
 def error_response(exc: RequestError) -> JSONResponse:

@@ -1,0 +1,100 @@
+"""``POST /v1/embeddings`` in the OpenAI schema, answered by the embed job's CLIP stages.
+
+``input`` is a string or a list; each element — a string, or (an extension) an
+``{"type": "image_url", "image_url": {"url": …}}`` part — gets one vector, text and images in
+the same space. ``usage.prompt_tokens`` counts the text tokens the text tower read (after
+CLIP's 77-token truncation); images are counted apart in ``usage.images``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..jobs.embed import EmbedConfig, embed_stages
+from ..models import load_clip
+from ..models.clip import LoadedClip
+from .batcher import DynamicBatcher
+from .config import Embeddings, ServeConfig
+from .errors import RequestError
+from .inputs import InputLimits, failed_items, part_item
+from .served import ServedModel, served_model
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    served: ServedModel
+    clip: LoadedClip
+    settings: Embeddings
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """What a client may pass as ``model``: the configured name, or the spec itself."""
+        return (self.served.name, str(self.clip.spec))
+
+
+def embedding_model(config: ServeConfig) -> EmbeddingModel:
+    e = config.embeddings
+    clip = load_clip(e.model, e.device, e.precision, e.allow_pickle)
+    job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
+                      allow_pickle=e.allow_pickle, max_pixels=config.max_pixels)
+    return EmbeddingModel(served_model(e.name or _default_name(str(clip.spec)), embed_stages(clip, job)),
+                          clip, e)
+
+
+def _default_name(spec: str) -> str:
+    kind, _, target = spec.partition(":")
+    # hf:openai/clip-vit-base-patch32 → openai/clip-vit-base-patch32; path:/m/clip → clip
+    return target if kind == "hf" else target.rstrip("/").rsplit("/", 1)[-1] if kind == "path" else spec
+
+
+async def embed_request(body: dict, batcher: DynamicBatcher, model: EmbeddingModel,
+                        limits: InputLimits) -> dict:
+    name = body.get("model") or model.served.name
+    if name not in model.names:
+        raise RequestError(f"model {name!r} does not exist; try {model.served.name!r}",
+                           param="model", status=404, code="model_not_found")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise RequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
+    dims = _dimensions(body.get("dimensions"), model)
+    value = body.get("input")
+    values = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(values, list) or not values or any(isinstance(v, (int, list)) for v in values):
+        raise RequestError("input must be a string, an image_url part, or a non-empty list of them "
+                           "(token arrays are not accepted)", param="input")
+    items = [await part_item(v, f"input[{i}]" if isinstance(value, list) else "input", limits)
+             for i, v in enumerate(values)]
+    records = await batcher.submit(items)
+    failed_items(items, records)
+    data = []
+    for i, r in enumerate(records):
+        full = r.outputs["image_embedding" if items[i].data is not None else "text_embedding"]
+        # A cut vector is made unit length again, as OpenAI's shortened embeddings are.
+        vector = full if dims == len(full) else full[:dims] / max(float(np.linalg.norm(full[:dims])), 1e-12)
+        data.append({"object": "embedding", "index": i, "embedding": _encode(vector, encoding)})
+    tokens = sum(len(model.clip.preprocessor.text(it.text)) for it in items if it.data is None)
+    return {"object": "list", "data": data, "model": name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
+                      "images": sum(it.data is not None for it in items)}}
+
+
+def _dimensions(value, model: EmbeddingModel) -> int:
+    dim = model.clip.dim
+    if value is None or value == dim:
+        return dim
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= dim:
+        raise RequestError(f"dimensions must be an integer from 1 to {dim}", param="dimensions")
+    if not model.settings.truncatable:
+        raise RequestError(f"model {model.served.name!r} gives {dim}-dimensional vectors and was not "
+                           "trained to be cut shorter (set truncatable: true for one that was)",
+                           param="dimensions")
+    return value
+
+
+def _encode(vector: np.ndarray, encoding: str):
+    vector = np.asarray(vector, dtype="<f4")
+    # base64 of little-endian float32, as OpenAI's API sends it.
+    return base64.b64encode(vector.tobytes()).decode() if encoding == "base64" else vector.tolist()

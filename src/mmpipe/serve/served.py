@@ -1,0 +1,29 @@
+"""A batch job's stage list, split the way a server runs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from ..engine.local import run_in_turn
+from ..stage import Stage
+
+# Stages that work on one request's items (reading, decoding): they run in the request's own
+# thread, in parallel across requests; the rest run batched across requests in the replicas.
+PER_REQUEST = ("read", "decode")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    prepare: Callable[[list], list]
+    predict: Callable[[list], list]
+
+
+def served_model(name: str, stages: Sequence[Stage]) -> ServedModel:
+    """Every stage set up once: replicas share these functions, so the weights are in memory
+    once however many replicas serve them."""
+    prepare = [(s.name, s.setup()) for s in stages if s.name in PER_REQUEST]
+    predict = [(s.name, s.setup()) for s in stages if s.name not in PER_REQUEST]
+    return ServedModel(name, lambda batch: run_in_turn(prepare, list(batch)),
+                       lambda batch: run_in_turn(predict, list(batch)))
