@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import random
 import re
 import threading
 import time
@@ -26,11 +25,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..retry import RETRY_STATUSES, backoff_delay, retry_after_seconds
 from .loops import is_degenerate
 
 ACTIONS = ("allow", "review", "block")
 MAX_RETRY_AFTER_S = 60.0
-RETRY_STATUS = {429, 500, 502, 503, 504}
 RAW_CHARS = 2000
 
 
@@ -157,7 +156,7 @@ class Judge:
                     # Servers without JSON mode answer 400; ask once more without it, at once.
                     json_mode = False
                     continue
-                if exc.status not in RETRY_STATUS:
+                if exc.status not in RETRY_STATUSES:
                     return None, attempts, str(exc)
                 # Honour Retry-After, but a server cannot park a worker for longer than a minute.
                 error, wait_at_least = str(exc), min(exc.retry_after or 0.0, MAX_RETRY_AFTER_S)
@@ -167,9 +166,7 @@ class Judge:
                 error, wait_at_least = _describe(exc), 0.0
             if retries == cfg.max_retries:
                 return None, attempts, f"gave up after {attempts} attempts: {error}"
-            # Full jitter spreads the retries of many workers hit by the same outage.
-            backoff = random.uniform(0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2 ** retries))
-            time.sleep(max(backoff, wait_at_least))
+            time.sleep(backoff_delay(retries, cfg.backoff_base_s, cfg.backoff_max_s, wait_at_least))
             retries += 1
 
     def _post(self, body: dict) -> str:
@@ -182,7 +179,8 @@ class Judge:
                 data = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise _HTTPStatus(exc.code, detail, _seconds(exc.headers.get("Retry-After"))) from None
+            retry_after = retry_after_seconds(exc.headers.get("Retry-After"))
+            raise _HTTPStatus(exc.code, detail, retry_after) from None
         try:
             return str(json.loads(data)["choices"][0]["message"]["content"] or "")
         except (ValueError, KeyError, IndexError, TypeError):
@@ -193,14 +191,6 @@ def _describe(exc: Exception) -> str:
     reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
     kind = "timeout" if isinstance(reason, TimeoutError) else "connection error"
     return f"{kind}: {str(reason) or type(reason).__name__}"
-
-
-def _seconds(retry_after: str | None) -> float | None:
-    """Retry-After in seconds; the HTTP-date form is rare from model servers and falls back to backoff."""
-    try:
-        return max(0.0, float(retry_after)) if retry_after else None
-    except ValueError:
-        return None
 
 
 _FENCED = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.S)
