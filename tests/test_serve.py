@@ -165,3 +165,14 @@ def test_serve_config_errors_name_the_field(tmp_path):
         load_serve_config(None, replicas=0)
     with pytest.raises(ConfigError, match=r"--config: no config file"):
         load_serve_config(str(tmp_path / "missing.yaml"))
+
+
+def test_decompression_bombs_are_refused_before_decoding(server):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buf, "PNG")  # 400 megapixels in a few kilobytes
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    code, _, body = server.post("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": url}}]})
+    assert code == 400 and body["error"]["param"] == "input[0]"
+    assert "pixels" in body["error"]["message"]
