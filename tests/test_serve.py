@@ -176,3 +176,15 @@ def test_decompression_bombs_are_refused_before_decoding(server):
     code, _, body = server.post("/v1/moderations", {"input": [{"type": "image_url", "image_url": {"url": url}}]})
     assert code == 400 and body["error"]["param"] == "input[0]"
     assert "pixels" in body["error"]["message"]
+
+
+def test_a_chunked_body_over_the_cap_is_413_too(server):
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    chunks = (b'{"input": "' + b"x" * 100_000 for _ in range(30))  # 3 MB, no Content-Length
+    conn.request("POST", "/v1/moderations", body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    assert answer.status == 413 and "limit" in json.loads(answer.read())["error"]["message"]

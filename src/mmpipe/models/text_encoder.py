@@ -66,7 +66,9 @@ def is_clip_checkpoint(folder: Path) -> bool:
 def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool = False) -> LoadedTextEncoder:
     """Tokenizer and config now; the weights when ``make_encoder`` is called."""
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # ours is the only progress bar on the terminal
     folder = spec.local_dir()
     require_weights(folder, allow_pickle)
     try:

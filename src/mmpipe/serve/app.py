@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Awaitable
+from typing import AsyncIterator, Awaitable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from .inputs import InputLimits
 from .metrics import ServeMetrics
 from .moderations import MODEL_ID, moderate_request, moderation_model
 
+DISCARD_FACTOR = 8
 ROUTES = ("/v1/moderations", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics")
 
 
@@ -34,13 +35,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None)
     app.state.batchers, app.state.metrics = batchers, metrics
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.url.path if request.url.path in ROUTES else "other"  # bounded label values
-        metrics.latency.labels(route, str(response.status_code)).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: RequestError):
@@ -99,6 +94,31 @@ def create_app(config: ServeConfig) -> FastAPI:
     return app
 
 
+class LatencyMiddleware:
+    """Request latency by route and status, as plain ASGI: Starlette's ``@app.middleware("http")``
+    wraps every request in extra tasks and streams, a cost a batched server pays per request."""
+
+    def __init__(self, app, metrics: ServeMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), []
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope["path"] if scope["path"] in ROUTES else "other"  # bounded label values
+            self.metrics.latency.labels(route, str(status[0] if status else 500)).observe(
+                time.perf_counter() - t0)
+
+
 async def _answer(work: Awaitable[dict], timeout_s: float) -> dict:
     try:
         return await asyncio.wait_for(work, timeout=timeout_s)
@@ -112,13 +132,16 @@ async def _answer(work: Awaitable[dict], timeout_s: float) -> dict:
 
 async def _json_body(request: Request, max_bytes: int) -> dict:
     declared = request.headers.get("content-length")
+    stream = request.stream()
     if declared and declared.isdigit() and int(declared) > max_bytes:
+        await _discard(stream, max_bytes)
         raise RequestError(f"body of {declared} bytes exceeds the {max_bytes}-byte limit",
                            status=413, code="body_too_large")
     raw = bytearray()
-    async for chunk in request.stream():
+    async for chunk in stream:
         raw += chunk
         if len(raw) > max_bytes:
+            await _discard(stream, max_bytes)
             raise RequestError(f"body exceeds the {max_bytes}-byte limit", status=413,
                                code="body_too_large")
     try:
@@ -128,3 +151,13 @@ async def _json_body(request: Request, max_bytes: int) -> dict:
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object", code="invalid_json")
     return body
+
+
+async def _discard(stream: AsyncIterator[bytes], max_bytes: int) -> None:
+    """Reads (and drops) the rest of an over-size body, up to a bound, so that the client
+    finishes sending and reads the 413 rather than a broken pipe; memory stays one chunk."""
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > DISCARD_FACTOR * max_bytes:
+            return  # beyond this the connection is dropped: answering is not worth the bandwidth
