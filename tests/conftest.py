@@ -150,13 +150,13 @@ def assert_same_rows(got: dict[str, dict], want: dict[str, dict], atol: float = 
 
 
 class RunningServer:
-    """A real uvicorn server on 127.0.0.1 (a free port) running ``app`` in a thread."""
+    """A real uvicorn server on 127.0.0.1 (a free port, or ``port``) running ``app`` in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, port: int = 0):
         import uvicorn
 
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0,
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port,
                                                     log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

@@ -144,6 +144,25 @@ def serve(
 
 
 @app.command()
+def route(
+    config: str = typer.Option(..., help="Route config YAML: backends in order of preference, "
+                                         "spill threshold, probes."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
+    port: Optional[int] = typer.Option(None, help="Port [default: 8080]."),
+) -> None:
+    """Route OpenAI-style requests over several mmpipe servers: preferred first, spill when busy, fail over."""
+    import uvicorn
+
+    from .serve.route_config import load_route_config
+    from .serve.router import create_router_app
+
+    cfg = load_route_config(config, host=host, port=port)
+    err.print(f"routing to {', '.join(b.name for b in cfg.backends)} on http://{cfg.host}:{cfg.port} "
+              "(state: /routes)", markup=False)
+    uvicorn.run(create_router_app(cfg), host=cfg.host, port=cfg.port, log_level="warning")
+
+
+@app.command()
 def demo(
     out: str = typer.Option("demo_out", "--out", "-o", help="Folder for the sample set and the outputs."),
     n: int = typer.Option(120, "--n", min=1, help="How many sample photos to make."),

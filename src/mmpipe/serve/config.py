@@ -92,7 +92,7 @@ PER_MODEL_FLAGS = ("max_batch_size", "max_wait_ms", "replicas", "max_inflight_pe
 def load_serve_config(path: str | None, **flags) -> ServeConfig:
     """The config file (if any) with the command line's flags on top; a bad value stops here
     with one line naming the file or flag and the field."""
-    data = _read_yaml(path) if path else {}
+    data = read_yaml_mapping(path) if path else {}
     flags = {k: v for k, v in flags.items() if v is not None}
     given = set(flags)
     if "policy" in flags:
@@ -118,7 +118,7 @@ def load_serve_config(path: str | None, **flags) -> ServeConfig:
         raise ConfigError(where, err["msg"] if from_flag else f"{field}: {err['msg']}") from None
 
 
-def _read_yaml(path: str) -> dict:
+def read_yaml_mapping(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("--config", f"no config file {path!r}")
@@ -127,5 +127,5 @@ def _read_yaml(path: str) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(p.name, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(p.name, "a serve config is a YAML mapping")
+        raise ConfigError(p.name, "the config file must be a YAML mapping")
     return data
