@@ -144,6 +144,38 @@ def serve(
 
 
 @app.command()
+def loadtest(
+    url: str = typer.Argument(..., help="Server base URL, e.g. http://127.0.0.1:8000 (…/v1 works too)."),
+    endpoint: str = typer.Option("moderations", help="moderations or embeddings."),
+    rate: float = typer.Option(10.0, help="Offered load in requests/s (Poisson arrivals)."),
+    duration: float = typer.Option(10.0, help="Seconds of measured arrivals at each rate."),
+    sweep: Optional[str] = typer.Option(None, help="Rates to run in turn, e.g. 5,10,20 (overrides --rate)."),
+    json_path: str = typer.Option("loadtest.json", "--json", help="Where to write the results."),
+    plot_path: str = typer.Option("loadtest.png", "--plot", help="Where to write the latency-vs-load plot (PNG)."),
+    timeout: float = typer.Option(30.0, help="Seconds a request may take, from its scheduled send time."),
+    warmup: float = typer.Option(0.0, help="Seconds of load sent first and left out of the results."),
+    seed: int = typer.Option(0, help="Seed of the arrival times."),
+    model: Optional[str] = typer.Option(None, help="model field of every request [default: the server's]."),
+    input_file: Optional[str] = typer.Option(None, help="Payloads: request bodies (.jsonl) or one text per "
+                                             "line [default: built-in texts]."),
+    batch: int = typer.Option(1, help="Texts per request."),
+    progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Open-loop load test of a server: Poisson arrivals at fixed rates; throughput, latency, errors."""
+    from . import loadtest as lt
+
+    rates = lt.parse_rates(sweep) if sweep is not None else [rate]
+    payloads = lt.load_payloads(input_file) if input_file else None
+    results = lt.run_sweep(url, endpoint, rates, duration, payloads=payloads, model=model, batch=batch,
+                           timeout_s=timeout, warmup_s=warmup, seed=seed, progress=progress)
+    Console().print(lt.summary_table(results))
+    for line in lt.problems(results):
+        err.print(f"warning: {line}", style="yellow", markup=False)
+    err.print(f"results: {lt.write_json(results, json_path)}, plot: {lt.plot(results, plot_path)}",
+              markup=False)
+
+
+@app.command()
 def route(
     config: str = typer.Option(..., help="Route config YAML: backends in order of preference, "
                                          "spill threshold, probes."),

@@ -4,6 +4,7 @@ batchers' replica threads; this module only moves requests to them and answers b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -37,7 +38,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     # walks them all and stalls requests (p99 was 10x p50 under load). Frozen, they are skipped.
     gc.collect()
     gc.freeze()
-    app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        for batcher in batchers.values():
+            batcher.start()
+        yield
+        for batcher in batchers.values():
+            await asyncio.to_thread(batcher.close)
+
+    app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.batchers, app.state.metrics = batchers, metrics
 
     app.add_middleware(LatencyMiddleware, metrics=metrics)

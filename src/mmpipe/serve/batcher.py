@@ -43,10 +43,24 @@ class DynamicBatcher:
         self.pending: deque[_Request] = deque()
         self.cond = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and tuning
+        self.closed = True
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Starts the replicas (the server is starting; it may have been stopped before)."""
+        self.closed = False
         self.threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
-                                         name=f"mmpipe-{model.name}-{i}") for i in range(batching.replicas)]
+                                         name=f"mmpipe-{self.name}-{i}") for i in range(self.cfg.replicas)]
         for t in self.threads:
             t.start()
+
+    def close(self) -> None:
+        """Lets the replicas finish their batch and stop (the server is shutting down)."""
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
 
     @property
     def utilisation(self) -> float:
@@ -76,8 +90,7 @@ class DynamicBatcher:
 
     def _work(self, replica: int) -> None:
         busy = self.metrics.busy.labels(self.name, str(replica))
-        while True:
-            requests = self._collect()
+        while (requests := self._collect()) is not None:
             busy.set(1)
             try:
                 outcome = self._run([item for r in requests for item in r.items]), None
@@ -92,13 +105,15 @@ class DynamicBatcher:
                 start += len(r.items)
                 r.loop.call_soon_threadsafe(_settle, r.future, done, error)
 
-    def _collect(self) -> list[_Request]:
+    def _collect(self) -> list[_Request] | None:
         """Requests for one batch: the oldest live one, then others that arrive within
         ``max_wait_ms`` while they fit in the batch (and the in-flight limit allows)."""
         cfg = self.cfg
         limit = cfg.max_inflight_per_replica or cfg.max_batch_size
         with self.cond:
             first = self._pop_live(None)
+            if first is None:  # closed
+                return None
             batch, size = [first], len(first.items)
             deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
             while size < cfg.max_batch_size and len(batch) < limit:
@@ -112,7 +127,7 @@ class DynamicBatcher:
     def _pop_live(self, deadline: float | None, room: int | None = None) -> _Request | None:
         """The next request not abandoned; waits until ``deadline`` (None: for ever). With
         ``room``, only a request of at most that many items (others keep their place)."""
-        while True:
+        while not self.closed:
             while self.pending and self.pending[0].abandoned:
                 self.pending.popleft()
             if self.pending:
@@ -123,6 +138,7 @@ class DynamicBatcher:
             if timeout is not None and timeout <= 0:
                 return None
             self.cond.wait(timeout)
+        return None
 
     def _run(self, items: list) -> list:
         """``predict`` in chunks of ``max_batch_size`` (a request may be bigger than one batch),
