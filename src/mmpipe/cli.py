@@ -116,16 +116,16 @@ def moderate(
 @app.command()
 def serve(
     config: Optional[str] = typer.Option(None, help="Serve config YAML (models, batching, replicas, limits)."),
-    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, help="Port [default: 8000]."),
-    policy: Optional[str] = typer.Option(None, help="Moderation policy YAML [default: the shipped policy]."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: 8000)."),
+    policy: Optional[str] = typer.Option(None, help="Moderation policy YAML (default: the shipped policy)."),
     embedding_model: Optional[str] = typer.Option(
-        None, help="CLIP model for /v1/embeddings: path:DIR, hf:REPO or random:ViT-B-32 [default: none]."),
-    max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch [default: 16, embeddings 32]."),
-    max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others [default: 5]."),
-    replicas: Optional[int] = typer.Option(None, help="Workers sharing one copy of the weights [default: 1]."),
+        None, help="CLIP model for /v1/embeddings: path:DIR, hf:REPO or random:ViT-B-32 (default: none)."),
+    max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch (default: 16, embeddings 32)."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others (default: 5)."),
+    replicas: Optional[int] = typer.Option(None, help="Workers sharing one copy of the weights (default: 1)."),
     max_inflight_per_replica: Optional[int] = typer.Option(
-        None, help="Requests one batch may hold (1: one at a time) [default: no limit]."),
+        None, help="Requests one batch may hold (1: one at a time) (default: no limit)."),
 ) -> None:
     """Serve /v1/moderations and /v1/embeddings (OpenAI schema) with the batch jobs' models."""
     import uvicorn
@@ -155,9 +155,9 @@ def loadtest(
     timeout: float = typer.Option(30.0, help="Seconds a request may take, from its scheduled send time."),
     warmup: float = typer.Option(0.0, help="Seconds of load sent first and left out of the results."),
     seed: int = typer.Option(0, help="Seed of the arrival times."),
-    model: Optional[str] = typer.Option(None, help="model field of every request [default: the server's]."),
+    model: Optional[str] = typer.Option(None, help="model field of every request (default: the server's)."),
     input_file: Optional[str] = typer.Option(None, help="Payloads: request bodies (.jsonl) or one text per "
-                                             "line [default: built-in texts]."),
+                                             "line (default: built-in texts)."),
     batch: int = typer.Option(1, help="Texts per request."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
@@ -179,8 +179,8 @@ def loadtest(
 def route(
     config: str = typer.Option(..., help="Route config YAML: backends in order of preference, "
                                          "spill threshold, probes."),
-    host: Optional[str] = typer.Option(None, help="Address to listen on [default: 127.0.0.1]."),
-    port: Optional[int] = typer.Option(None, help="Port [default: 8080]."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on (default: 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: 8080)."),
 ) -> None:
     """Route OpenAI-style requests over several mmpipe servers: preferred first, spill when busy, fail over."""
     import uvicorn
