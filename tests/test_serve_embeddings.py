@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -182,5 +183,17 @@ def test_the_packaged_minilm_serves_real_text_embeddings():
         code, _, body = s.post("/v1/embeddings", {"input": [
             {"type": "image_url", "image_url": {"url": png_url(1)}}]})
         assert code == 400 and "embeds text only" in body["error"]["message"]
+    finally:
+        s.stop()
+
+
+def test_a_lone_request_does_not_wait_for_batch_mates(tiny_model_spec):
+    # The batcher waits only for requests already admitted; with nobody else in flight, a long
+    # max_wait_ms must not delay the answer.
+    s = start(tiny_model_spec, max_wait_ms=5000)
+    try:
+        t0 = time.monotonic()
+        assert s.post("/v1/embeddings", {"model": "tiny-clip", "input": "alone"})[0] == 200
+        assert time.monotonic() - t0 < 2.5
     finally:
         s.stop()

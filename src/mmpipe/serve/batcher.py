@@ -40,6 +40,7 @@ class DynamicBatcher:
     def __init__(self, model: ServedModel, batching: Batching, metrics: ServeMetrics):
         self.name, self.model, self.cfg, self.metrics = model.name, model, batching, metrics
         self.admitted = 0
+        self.preparing = 0  # admitted requests still being read/decoded: batch-mates on their way
         self.pending: deque[_Request] = deque()
         self.cond = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and tuning
@@ -75,11 +76,15 @@ class DynamicBatcher:
                 raise Overloaded(f"{self.admitted} items already queued (limit {self.cfg.max_queue})")
             self.admitted += len(items)
             self.metrics.queue_depth.labels(self.name).set(self.admitted)
+            self.preparing += 1
+        request = None
         try:
             records = await asyncio.to_thread(self.model.prepare, items)
             loop = asyncio.get_running_loop()
             request = _Request(records, loop.create_future(), loop)
             with self.cond:
+                # In one step, so that a replica never sees it neither preparing nor pending.
+                self.preparing -= 1
                 self.pending.append(request)
                 self.cond.notify()
             return await request.future
@@ -87,6 +92,9 @@ class DynamicBatcher:
             with self.cond:
                 self.admitted -= len(items)
                 self.metrics.queue_depth.labels(self.name).set(self.admitted)
+                if request is None:  # preparing failed or was cancelled
+                    self.preparing -= 1
+                    self.cond.notify()
 
     def _work(self, replica: int) -> None:
         busy = self.metrics.busy.labels(self.name, str(replica))
@@ -107,7 +115,9 @@ class DynamicBatcher:
 
     def _collect(self) -> list[_Request] | None:
         """Requests for one batch: the oldest live one, then others that arrive within
-        ``max_wait_ms`` while they fit in the batch (and the in-flight limit allows)."""
+        ``max_wait_ms`` while they fit in the batch (and the in-flight limit allows). It waits
+        only for requests already admitted and being prepared: a lone request on an idle
+        server runs at once, with no batching delay."""
         cfg = self.cfg
         limit = cfg.max_inflight_per_replica or cfg.max_batch_size
         with self.cond:
@@ -135,7 +145,7 @@ class DynamicBatcher:
                     return None
                 return self.pending.popleft()
             timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
+            if timeout is not None and (timeout <= 0 or not self.preparing):
                 return None
             self.cond.wait(timeout)
         return None
