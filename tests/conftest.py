@@ -18,8 +18,9 @@ from PIL import Image
 TINY_IMAGE = 32
 
 
-def save_tiny_clip(folder: Path) -> Path:
-    """A 2-layer CLIP saved as safetensors + tokenizer + preprocessor config, like a hub repo."""
+def save_tiny_clip(folder: Path, vision_layers: int = 2) -> Path:
+    """A tiny CLIP (2 text layers, ``vision_layers`` image layers) saved as safetensors +
+    tokenizer + preprocessor config, like a hub repo."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -33,7 +34,7 @@ def save_tiny_clip(folder: Path) -> Path:
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                          num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=32, **ids),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                           num_hidden_layers=2, image_size=TINY_IMAGE, patch_size=8),
+                           num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8),
         projection_dim=16)
     torch.manual_seed(1234)
     CLIPModel(config).save_pretrained(folder, safe_serialization=True)

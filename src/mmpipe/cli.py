@@ -49,6 +49,8 @@ def embed(
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights; they can run code."),
     storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable), "
                                              "e.g. endpoint_url=http://…"),
+    pipeline_stages: int = typer.Option(1, help="Split the image tower into K parts balanced by measured "
+                                        "layer time, one worker each, streaming micro-batches."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Embed images and captions with CLIP into Parquet shards (resumable)."""
@@ -59,7 +61,7 @@ def embed(
                  overwrite=overwrite, shard_size=shard_size, id_column=id_column,
                  image_column=image_column, text_column=text_column,
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
-                 fast_decode=fast_decode, allow_pickle=allow_pickle,
+                 fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  storage_options=parse_storage_options(storage_option), progress=progress)
     print_summary("embedded", result)
 

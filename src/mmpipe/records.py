@@ -37,6 +37,8 @@ class Decoded:
     text: str | None
     pixels: np.ndarray | None = None  # model-ready image tensor (C, H, W) float32
     tokens: np.ndarray | None = None  # model-ready token ids (L,) int64
+    # A pipelined image tower's activations between two of its parts: (tokens, width) float32.
+    hidden: np.ndarray | None = None
     width: int | None = None
     height: int | None = None
     error: str | None = None
@@ -66,7 +68,8 @@ Record = Item | Decoded | Scored
 
 def failed(record: Record, reason: str) -> Record:
     """The error twin of ``record``: identity kept, payload dropped, reason recorded."""
-    payload = {"data": None, "pixels": None, "tokens": None, "frames": None, "outputs": {}}
+    payload = {"data": None, "pixels": None, "tokens": None, "hidden": None, "frames": None,
+               "outputs": {}}
     names = {f.name for f in dataclasses.fields(record)}
     changes = {k: v for k, v in payload.items() if k in names}
     return dataclasses.replace(record, error=reason, **changes)

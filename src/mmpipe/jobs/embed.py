@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +30,8 @@ class EmbedConfig(JobConfig):
     precision: str = "fp32"
     # JPEG DCT-domain downscaling while decoding (see decode_image); off for bit-exact preprocessing.
     fast_decode: bool = True
+    # Split the image tower into this many consecutive parts, one worker (device) each.
+    pipeline_stages: int = Field(1, ge=1, le=64)
 
 
 def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -62,9 +66,25 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
         read_stage(cfg.read_workers),
         Stage("decode", lambda: per_item("decode", lambda r: preprocess(r, pre, cfg.max_pixels, min_side)),
               concurrency=cfg.decode_workers),
-        Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size,
-              resources=Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)),
+        *model_stages(clip, cfg),
     ]
+
+
+def model_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
+    """One stage with the whole model or, with ``--pipeline-stages K``, the text tower then the
+    image tower in K parts, each part a worker of its own owning only its layers. Parts work on
+    consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
+    device = Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)
+    if cfg.pipeline_stages == 1:
+        return [Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size, resources=device)]
+    from ..models.pipeline import split_vision
+
+    # Measured once here, so every engine's workers get the same plain ranges.
+    parts = split_vision(clip, cfg.pipeline_stages, cfg.batch_size)
+    return [Stage("embed-text", partial(TextTowerBatch, clip), batch_size=cfg.batch_size,
+                  resources=device),
+            *(Stage(f"embed-vision-{i}", partial(ImagePartBatch, clip, layers),
+                    batch_size=cfg.batch_size, resources=device) for i, layers in enumerate(parts))]
 
 
 def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int | None) -> Decoded:
@@ -87,18 +107,59 @@ class EmbedBatch:
         self.embedder = clip.make_embedder()
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
-        out = [Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height) for r in batch]
-        images = [i for i, r in enumerate(batch) if r.pixels is not None]
-        if images:
-            vectors = self.embedder.embed_images(np.stack([batch[i].pixels for i in images]))
-            for i, v in zip(images, vectors):
-                out[i].outputs["image_embedding"] = v
-        texts = [i for i, r in enumerate(batch) if r.tokens is not None]
-        if texts:
-            vectors = self.embedder.embed_texts([batch[i].tokens for i in texts])
-            for i, v in zip(texts, vectors):
-                out[i].outputs["text_embedding"] = v
-        return out
+        images = _where_present([r.pixels for r in batch],
+                                lambda xs: self.embedder.embed_images(np.stack(xs)))
+        texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
+        return [_scored(r, image_embedding=i, text_embedding=t) for r, i, t in zip(batch, images, texts)]
+
+
+class TextTowerBatch:
+    """A pipelined embed's first model stage: the text tower alone; images pass on untouched."""
+
+    def __init__(self, clip: LoadedClip):
+        from ..models.pipeline import text_embedder
+
+        self.embedder = text_embedder(clip)
+
+    def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
+        texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
+        return [r if v is None else replace(r, tokens=None, outputs={**r.outputs, "text_embedding": v})
+                for r, v in zip(batch, texts)]
+
+
+class ImagePartBatch:
+    """One part of a pipelined image tower: pixels or the previous part's ``hidden`` in, ``hidden``
+    out; the last part turns every record into its ``Scored`` row, as ``EmbedBatch`` does."""
+
+    def __init__(self, clip: LoadedClip, layers: range):
+        from ..models.pipeline import VisionPart
+
+        self.part = VisionPart(clip, layers)
+
+    def __call__(self, batch: Sequence[Decoded]) -> list[Decoded | Scored]:
+        inputs = [r.pixels if self.part.first else r.hidden for r in batch]
+        outs = _where_present(inputs, lambda xs: self.part(np.stack(xs)))
+        if self.part.last:
+            return [_scored(r, image_embedding=v) for r, v in zip(batch, outs)]
+        return [r if h is None else replace(r, pixels=None, hidden=h) for r, h in zip(batch, outs)]
+
+
+def _where_present(inputs: list[np.ndarray | None],
+                   fn: Callable[[list[np.ndarray]], np.ndarray]) -> list[np.ndarray | None]:
+    """``fn`` once on the inputs that are there (a batch mixes images, texts and both); None
+    where an input is missing."""
+    present = [i for i, x in enumerate(inputs) if x is not None]
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    if present:
+        for i, v in zip(present, fn([inputs[i] for i in present])):
+            out[i] = v
+    return out
+
+
+def _scored(r: Decoded, **vectors: np.ndarray | None) -> Scored:
+    """``r``'s output row: what earlier stages found plus ``vectors``, absent ones left out."""
+    outputs = {**r.outputs, **{k: v for k, v in vectors.items() if v is not None}}
+    return Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height, outputs=outputs)
 
 
 def embedding_schema(dim: int) -> pa.Schema:

@@ -76,8 +76,7 @@ class ClipEmbedder:
         import torch
 
         self.torch = torch
-        self.device = torch.device(device)
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.device, self.dtype = placement(device, precision)
         self.model = model.to(self.device, self.dtype).eval()
         self.dim = int(model.config.projection_dim)
         self.pad_id = pad_id
@@ -104,19 +103,37 @@ class ClipEmbedder:
 
     def _normalised(self, out) -> np.ndarray:
         # transformers 5 returns an output object whose pooler_output is the projected vector.
-        feats = out if isinstance(out, self.torch.Tensor) else out.pooler_output
-        feats = feats.float()
-        feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return feats.cpu().numpy()
+        return unit_rows(out if isinstance(out, self.torch.Tensor) else out.pooler_output)
+
+
+def placement(device: str, precision: str):
+    """(torch device, dtype) for ``--device`` and ``--precision``."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.device(device), dtype
+
+
+def unit_rows(feats) -> np.ndarray:
+    """L2-normalised float32 rows on the CPU: what every embedding output holds."""
+    feats = feats.float()
+    feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return feats.cpu().numpy()
 
 
 @dataclass(frozen=True)
 class LoadedClip:
     preprocessor: ClipPreprocessor
-    # Builds an embedder: called once per model worker, so each replica owns its weights.
-    make_embedder: Callable[[], ClipEmbedder]
+    # Reads the weights onto the CPU: called once per model worker, so each replica owns its
+    # weights, and a pipeline part can drop what it does not own before moving to the device.
+    load_model: Callable[[], object]
     dim: int
     spec: ModelSpec
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def make_embedder(self) -> ClipEmbedder:
+        return ClipEmbedder(self.load_model(), self.device, self.precision, self.preprocessor.pad_id)
 
 
 def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32",
@@ -142,13 +159,12 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
         raise ModelLoadError(f"cannot load CLIP checkpoint from {folder}: {exc}") from None
     pre = _preprocessor(folder, config, tokenizer)
 
-    def make() -> ClipEmbedder:
+    def load():
         from transformers import CLIPModel
 
-        model = CLIPModel.from_pretrained(folder, use_safetensors=not allow_pickle)
-        return ClipEmbedder(model, device, precision, pre.pad_id)
+        return CLIPModel.from_pretrained(folder, use_safetensors=not allow_pickle)
 
-    return LoadedClip(pre, make, int(config.projection_dim), spec)
+    return LoadedClip(pre, load, int(config.projection_dim), spec, device, precision)
 
 
 def check_device(device: str) -> None:
@@ -179,14 +195,14 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
         setattr(config.text_config, key, tokenizer.convert_tokens_to_ids(token))
     pre = _preprocessor(None, config, tokenizer)
 
-    def make() -> ClipEmbedder:
+    def load():
         import torch
         from transformers import CLIPModel
 
         torch.manual_seed(0)  # every replica and every run gets the same random weights
-        return ClipEmbedder(CLIPModel(config), device, precision, pre.pad_id)
+        return CLIPModel(config)
 
-    return LoadedClip(pre, make, int(config.projection_dim), spec)
+    return LoadedClip(pre, load, int(config.projection_dim), spec, device, precision)
 
 
 def require_weights(folder: Path, allow_pickle: bool) -> None:

@@ -1,0 +1,147 @@
+"""CLIP split into pipeline parts: the text tower alone, and the image tower in K consecutive parts.
+
+The image tower is a chain of steps: the stem (patch embedding + pre-layernorm), the encoder
+layers, the head (post-layernorm on the class token + projection). The stem belongs to the
+first part and the head to the last. ``split_vision`` times each step on the job's device and
+cuts the layers so that the slowest part is as fast as possible: a pipeline runs at the pace of
+its slowest part, and the end parts carry extra work, so equal layer counts are not balanced.
+Each ``VisionPart`` keeps only its steps, so its weights are about 1/K of the tower's.
+
+Imports torch on import: load it only where a pipeline is asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .clip import ClipEmbedder, LoadedClip, placement, unit_rows
+
+
+def split_vision(clip: LoadedClip, parts: int, batch_size: int) -> list[range]:
+    """The image tower's layers in ``parts`` consecutive ranges, balanced by measured time."""
+    model = clip.load_model()
+    layers = len(model.vision_model.encoder.layers)
+    if parts > layers:
+        raise ConfigError("--pipeline-stages", f"{parts} parts, but the image tower of {clip.spec} "
+                                               f"has only {layers} layers")
+    return balanced_split(layer_times(model, clip.device, clip.precision, batch_size), parts)
+
+
+def balanced_split(times: Sequence[float], parts: int) -> list[range]:
+    """Cut ``times`` into ``parts`` non-empty consecutive ranges minimising the largest sum
+    (exact dynamic programming: towers have tens of layers)."""
+    n = len(times)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot cut {n} layers into {parts} parts")
+    prefix = np.concatenate([[0.0], np.cumsum(times)])
+    # worst[j][i]: the smallest possible largest part when the first i layers form j parts;
+    # cut[j][i]: where the last of those parts starts.
+    worst = np.full((parts + 1, n + 1), np.inf)
+    cut = np.zeros((parts + 1, n + 1), dtype=int)
+    worst[0][0] = 0.0
+    for j in range(1, parts + 1):
+        for i in range(j, n + 1):
+            for s in range(j - 1, i):
+                w = max(worst[j - 1][s], prefix[i] - prefix[s])
+                if w < worst[j][i]:
+                    worst[j][i], cut[j][i] = w, s
+    bounds = [n]
+    for j in range(parts, 0, -1):
+        bounds.append(int(cut[j][bounds[-1]]))
+    bounds.reverse()
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def layer_times(model, device: str, precision: str, batch_size: int, rounds: int = 3) -> list[float]:
+    """Seconds each encoder layer of ``model``'s image tower takes on a batch, the stem counted
+    with the first layer and the head with the last.
+
+    Each step's time is its best over ``rounds`` passes through the whole tower, so a burst of
+    load from elsewhere on the machine has to hit the same step every time to skew the split.
+    Steps visit the device one at a time, so a tower too big for one device is measured too;
+    ``model`` is left in pieces and should be dropped afterwards.
+    """
+    dev, dtype = placement(device, precision)
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    steps = vision_steps(model)
+    runs: list[list[float]] = [[] for _ in steps]
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first pass only warms caches and kernels up
+            h = pixels.to(dev, dtype)
+            for step, seconds in zip(steps, runs):
+                step.to(dev, dtype)
+                t0 = time.perf_counter()
+                h = step(h)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                seconds.append(time.perf_counter() - t0)
+                step.to("cpu")
+    times = [min(seconds[1:]) for seconds in runs]
+    times[1] += times.pop(0)
+    times[-2] += times.pop()
+    return times
+
+
+def vision_steps(model) -> list[torch.nn.Module]:
+    """The image tower as modules that each map one tensor to the next: stem, layers, head."""
+    vision = model.vision_model
+    stem = torch.nn.Sequential(vision.embeddings, vision.pre_layrnorm)
+    return [stem, *(_Layer(layer) for layer in vision.encoder.layers),
+            _Head(vision.post_layernorm, model.visual_projection)]
+
+
+class VisionPart:
+    """Owns layers ``layers`` of the image tower (plus the stem in the first part and the head in
+    the last) and nothing else of the model."""
+
+    def __init__(self, clip: LoadedClip, layers: range):
+        steps = vision_steps(clip.load_model())
+        count = len(steps) - 2
+        self.first, self.last = layers.start == 0, layers.stop == count
+        # steps[0] is the stem and steps[i + 1] layer i; the rest of the model is freed on return.
+        keep = steps[0 if self.first else layers.start + 1: layers.stop + 1 + self.last]
+        self.device, self.dtype = placement(clip.device, clip.precision)
+        self.steps = torch.nn.Sequential(*keep).to(self.device, self.dtype).eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Pixels (first part) or hidden states → hidden states, or in the last part unit image
+        vectors exactly as ``ClipEmbedder.embed_images`` gives them."""
+        with torch.inference_mode():
+            out = self.steps(torch.from_numpy(x).to(self.device, self.dtype))
+            # float32 carries bf16/fp16 activations exactly, and NumPy has no bf16.
+            return unit_rows(out) if self.last else out.float().cpu().numpy()
+
+    @property
+    def parameter_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.steps.parameters())
+
+
+def text_embedder(clip: LoadedClip) -> ClipEmbedder:
+    """A ``ClipEmbedder`` holding the text tower only (``embed_texts``), for the text stage."""
+    model = clip.load_model()
+    model.vision_model = model.visual_projection = None
+    return ClipEmbedder(model, clip.device, clip.precision, clip.preprocessor.pad_id)
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(h, None)  # image tokens all attend to each other: no mask
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, norm: torch.nn.Module, projection: torch.nn.Module):
+        super().__init__()
+        self.norm, self.projection = norm, projection
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.norm(h[:, 0, :]))  # the class token stands for the image
