@@ -204,8 +204,13 @@ def test_entrypoint_is_a_valid_mmpipe_embed_command(monkeypatch):
     assert cfg.engine == "ray"
     # The driver runs on the head pod, where the RayJob's submission sets RAY_ADDRESS.
     assert cfg.ray_address == "auto"
-    assert cfg.input.startswith("s3://") and cfg.out.startswith("s3://"), \
-        "pods share no disk: read and write an object store"
+    assert cfg.input.startswith("s3://"), "every worker reads the input: an object store"
+    # Only the driver writes (shards and commit log), so --out is a volume of the head pod's,
+    # a claim that outlives the cluster so that a retry resumes.
+    head = load_manifest()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    claims = {v["name"] for v in head["volumes"] if "persistentVolumeClaim" in v}
+    mounts = [m["mountPath"] for m in head["containers"][0]["volumeMounts"] if m["name"] in claims]
+    assert any(cfg.out.startswith(m.rstrip("/") + "/") for m in mounts), cfg.out
     assert cfg.device.startswith("cuda"), "the manifest has a GPU group for the model stage"
     # one GPU per model actor: a pipeline is the text tower plus K image-tower parts
     gpus_needed = 1 if cfg.pipeline_stages == 1 else cfg.pipeline_stages + 1
@@ -221,6 +226,14 @@ def memory_bytes(quantity) -> float:
         if q.endswith(suffix):
             return float(q[:-len(suffix)]) * factor
     return float(q)
+
+
+def test_output_claim_is_shipped_and_named_like_the_heads_volume():
+    pvc = yaml.safe_load((MANIFEST.parent / "output-pvc.yaml").read_text())
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"]
+    head = load_manifest()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in head["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [pvc["metadata"]["name"]]
 
 
 def test_memory_quantities_parse():

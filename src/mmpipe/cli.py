@@ -51,6 +51,9 @@ def embed(
                                              "e.g. endpoint_url=http://…"),
     pipeline_stages: int = typer.Option(1, help="Split the image tower into K parts balanced by measured "
                                         "layer time, one worker each, streaming micro-batches."),
+    engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
+                                              "none to join a running cluster or start a local one."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Embed images and captions with CLIP into Parquet shards (resumable)."""
@@ -62,6 +65,7 @@ def embed(
                  image_column=image_column, text_column=text_column,
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
+                 engine=engine, ray_address=ray_address,
                  storage_options=parse_storage_options(storage_option), progress=progress)
     print_summary("embedded", result)
 
@@ -97,6 +101,9 @@ def moderate(
     max_pixels: int = typer.Option(64_000_000, help="Refuse images/frames with more pixels."),
     max_bytes: int = typer.Option(64 * 1024 * 1024, help="Refuse input files larger than this."),
     storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable)."),
+    engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
+                                              "none to join a running cluster or start a local one."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Moderate images, videos and texts with a policy: scores, allow/review/block, report."""
@@ -109,7 +116,7 @@ def moderate(
                  model_threads=model_threads, limit=limit, overwrite=overwrite,
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,
-                 max_pixels=max_pixels, max_bytes=max_bytes,
+                 max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
                  storage_options=parse_storage_options(storage_option), progress=progress)
     print_summary("moderated", result)
     print_moderation(result)

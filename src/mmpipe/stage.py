@@ -34,3 +34,6 @@ class Stage:
     batch_size: int = 1
     concurrency: int = 1
     resources: Resources = field(default_factory=Resources)
+    # Setup is cheap and keeps no model (reading, decoding): an engine may call it per task and
+    # spread the work over every free CPU instead of keeping long-lived workers.
+    stateless: bool = False

@@ -1,6 +1,35 @@
 """Engines run a list of stages over a stream of records."""
 
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol, Sequence, TypeVar
+
+from ..errors import ConfigError
+from ..records import Record
+from ..stage import Resources, Stage
 from .local import LocalEngine
 from .stats import EngineStats, StageStats
 
-__all__ = ["EngineStats", "LocalEngine", "StageStats"]
+__all__ = ["Engine", "EngineStats", "LocalEngine", "StageStats", "make_engine"]
+
+
+T = TypeVar("T")
+
+
+class Engine(Protocol):
+    def run_once(self, fn: Callable[[], T], resources: Resources) -> T: ...
+
+    def run(self, records: Iterable[Record], stages: Sequence[Stage],
+            consume: Callable[[Record], None]) -> EngineStats: ...
+
+
+def make_engine(name: str, ray_address: str | None = None) -> Engine:
+    if name == "local":
+        if ray_address is not None:
+            raise ConfigError("--ray-address", "only applies with --engine ray")
+        return LocalEngine()
+    try:
+        from .ray import RayEngine
+    except ImportError:
+        raise ConfigError("--engine", "ray needs the ray extra: pip install 'mmpipe[ray]'") from None
+    return RayEngine(ray_address)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 from ..records import Record, failed
-from ..stage import BatchFn, Stage
+from ..stage import BatchFn, Resources, Stage
 from .stats import EngineStats, StageStats
 
 _END = object()
+T = TypeVar("T")
 _POLL_S = 0.1
 
 
@@ -30,6 +31,10 @@ class LocalEngine:
         # Each queue holds this many batches per downstream worker: enough to keep a model fed
         # while the next batch is decoded, small enough that memory does not follow input size.
         self.queue_batches = queue_batches
+
+    def run_once(self, fn: Callable[[], T], resources: Resources) -> T:
+        """``fn()`` where a model stage would run: here, in this process."""
+        return fn()
 
     def run(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..decode.image import DEFAULT_MAX_PIXELS
@@ -31,6 +33,9 @@ class JobConfig(BaseModel):
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     allow_pickle: bool = False
     storage_options: dict = Field(default_factory=dict)
+    # Where the stages run: this process (threads) or a Ray cluster; output and resume are the same.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # None: connect to a running cluster if any, else start one
 
     @classmethod
     def build(cls, **values):

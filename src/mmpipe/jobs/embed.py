@@ -12,6 +12,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from ..decode import DecodeError, decode_image
+from ..engine import Engine, LocalEngine, make_engine
 from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
 from ..models.clip import LoadedClip
 from ..records import Decoded, Item, Record, Scored
@@ -40,24 +41,26 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes.
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
-    clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle)
+    engine = make_engine(cfg.engine, cfg.ray_address)
+    clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle,
+                     device_here=cfg.engine == "local")
     job = JobSpec(
         label="embed",
         # INPUT too: resuming another input into the same folder would mix two jobs' rows.
         signature={"job": "embed", "input": cfg.input, "model": str(clip.spec),
                    "precision": cfg.precision},
         items=open_source(cfg.input, cfg.source_options()),
-        stages=embed_stages(clip, cfg),
+        stages=embed_stages(clip, cfg, engine),
         to_table=lambda records: embeddings_table(records, clip.dim),
         manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,
                   "dimension": clip.dim, "precision": cfg.precision, "input": cfg.input,
                   "columns": [f.name for f in embedding_schema(clip.dim)]},
     )
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
-                   overwrite=cfg.overwrite, progress=progress)
+                   overwrite=cfg.overwrite, progress=progress, engine=engine)
 
 
-def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
+def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
     pre = clip.preprocessor
     # Drafting only down to twice the model's input keeps the resize that follows nearly exact
     # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
@@ -65,12 +68,12 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
     return [
         read_stage(cfg.read_workers),
         Stage("decode", lambda: per_item("decode", lambda r: preprocess(r, pre, cfg.max_pixels, min_side)),
-              concurrency=cfg.decode_workers),
-        *model_stages(clip, cfg),
+              concurrency=cfg.decode_workers, stateless=True),
+        *model_stages(clip, cfg, engine),
     ]
 
 
-def model_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
+def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
     """One stage with the whole model or, with ``--pipeline-stages K``, the text tower then the
     image tower in K parts, each part a worker of its own owning only its layers. Parts work on
     consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
@@ -79,8 +82,9 @@ def model_stages(clip: LoadedClip, cfg: EmbedConfig) -> list[Stage]:
         return [Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size, resources=device)]
     from ..models.pipeline import split_vision
 
-    # Measured once here, so every engine's workers get the same plain ranges.
-    parts = split_vision(clip, cfg.pipeline_stages, cfg.batch_size)
+    # Measured once, on the kind of device the parts will run on, so that every worker gets the
+    # same plain ranges.
+    parts = engine.run_once(partial(split_vision, clip, cfg.pipeline_stages, cfg.batch_size), device)
     return [Stage("embed-text", partial(TextTowerBatch, clip), batch_size=cfg.batch_size,
                   resources=device),
             *(Stage(f"embed-vision-{i}", partial(ImagePartBatch, clip, layers),

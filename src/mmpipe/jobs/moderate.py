@@ -11,6 +11,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, ValidationError
 
+from ..engine import make_engine
 from ..errors import ConfigError, OutputDirError
 from ..policy import Policy, load_policy
 from ..records import Record
@@ -50,6 +51,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     """Moderate every image, video and text of ``input`` into ``out`` (shards, review.jsonl,
     report.html). Options are the fields of ``ModerateConfig``; re-running resumes."""
     cfg = ModerateConfig.build(input=input, out=out, **options)
+    engine = make_engine(cfg.engine, cfg.ray_address)
     policy = effective_policy(cfg)
     clip = load_policy_clip(cfg, policy)
     names = [c.name for c in policy.categories]
@@ -66,7 +68,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
                   "columns": moderation_schema(names).names},
     )
     result = run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
-                     overwrite=cfg.overwrite, progress=progress)
+                     overwrite=cfg.overwrite, progress=progress, engine=engine)
     write_reports(result, policy)
     return result
 
@@ -111,7 +113,8 @@ def load_policy_clip(cfg: ModerateConfig, policy: Policy):
                           "pass a CLIP checkpoint, e.g. --clip-model path:DIR")
     from ..models import load_clip
 
-    return load_clip(cfg.clip_model, cfg.device, "fp32", cfg.allow_pickle)
+    return load_clip(cfg.clip_model, cfg.device, "fp32", cfg.allow_pickle,
+                     device_here=cfg.engine == "local")
 
 
 def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[Stage]:
@@ -130,7 +133,7 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
     stages = [
         read_stage(cfg.read_workers),
         Stage("decode", lambda: per_item("decode", lambda r: decode_media(r, media)),
-              concurrency=cfg.decode_workers),
+              concurrency=cfg.decode_workers, stateless=True),
     ]
     if nsfw:
         stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads),

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from ..engine import EngineStats, LocalEngine
+from ..engine import Engine, EngineStats, LocalEngine
 from ..records import Item, Record
 from ..sinks import OutputDir, ParquetShardSink
 from ..sinks.output_dir import MANIFEST, STATS
@@ -47,7 +47,7 @@ class JobSpec:
 
 
 def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None,
-            overwrite: bool, progress: bool | None = None) -> JobResult:
+            overwrite: bool, progress: bool | None = None, engine: Engine | None = None) -> JobResult:
     out_dir = OutputDir(out)
     commits = out_dir.open(job.signature, overwrite)
     done = {i for c in commits for i in c.ids}
@@ -66,7 +66,7 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
             bar.on_done(record.error is not None)
 
         pending = _pending(job.items, done, limit, counts, bar)
-        stats = LocalEngine().run(pending, job.stages, consume)
+        stats = (engine or LocalEngine()).run(pending, job.stages, consume)
         sink.flush()
 
     commits = out_dir.log.read()

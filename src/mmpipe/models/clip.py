@@ -137,13 +137,17 @@ class LoadedClip:
 
 
 def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32",
-              allow_pickle: bool = False) -> LoadedClip:
-    """Resolve ``spec`` and read everything but the weights; the weights load per worker."""
+              allow_pickle: bool = False, device_here: bool = True) -> LoadedClip:
+    """Resolve ``spec`` and read everything but the weights; the weights load per worker.
+
+    ``device_here=False`` when the workers run elsewhere (a Ray cluster whose driver may have
+    no GPU): the device is then checked by the workers that use it."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # ours is the only progress bar on the terminal
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
-    check_device(device)
+    if device_here:
+        check_device(device)
     if precision not in PRECISIONS:
         raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if spec.kind == "random":

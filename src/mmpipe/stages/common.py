@@ -27,4 +27,4 @@ def per_item(stage: str, fn: Callable[[Record], Record]):
 def read_stage(workers: int) -> Stage:
     # Reading waits on disks and networks, not CPUs: many threads, a small CPU share each.
     return Stage("read", lambda: per_item("read", read_item), concurrency=workers,
-                 resources=Resources(num_cpus=0.25))
+                 resources=Resources(num_cpus=0.25), stateless=True)

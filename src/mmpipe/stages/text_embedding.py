@@ -16,7 +16,7 @@ def text_embedding_stages(encoder: LoadedTextEncoder, batch_size: int) -> list[S
             raise ValueError(f"{encoder.spec} embeds text only")
         return Decoded(id=item.id, uri=item.uri, text=item.text, tokens=encoder.tokenize(item.text))
 
-    return [Stage("decode", lambda: per_item("decode", tokenize)),
+    return [Stage("decode", lambda: per_item("decode", tokenize), stateless=True),
             Stage("embed", lambda: TextEmbedBatch(encoder), batch_size=batch_size,
                   resources=Resources(num_cpus=1))]
 
