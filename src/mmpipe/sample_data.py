@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -85,6 +86,22 @@ def make_sample_images(folder: str | Path, n: int = 300, size: tuple[int, int] |
         _remove_samples(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
+    for i, (source, img, notes, rng) in enumerate(sample_photos(n, seed, size)):
+        ext = "png" if rng.random() < png_share else "jpg"
+        stem = f"{i:04d}_{Path(source.file).stem}"
+        _save(img, folder / f"{stem}.{ext}", ext, rng)
+        if captions:
+            (folder / f"{stem}.txt").write_text(", ".join([source.caption, *notes]) + "\n")
+    if broken:
+        _write_broken(folder, _Originals().get(SOURCES[1]))
+    marker.write_text(json.dumps(params))
+    return folder
+
+
+def sample_photos(n: int, seed: int = 0, size: tuple[int, int] | None = None
+                  ) -> Iterator[tuple[Source, Image.Image, list[str], np.random.Generator]]:
+    """The ``n`` photos ``make_sample_images`` writes, in memory: each with its source, the words
+    describing its variation, and its generator (which goes on to pick the file format)."""
     originals = _Originals()
     order = np.random.default_rng(seed).permutation(len(SOURCES))
     for i in range(n):
@@ -92,15 +109,7 @@ def make_sample_images(folder: str | Path, n: int = 300, size: tuple[int, int] |
         # Cycle through a shuffled list of sources, so every source is used about equally.
         source = SOURCES[order[i % len(SOURCES)]]
         img, notes = _variant(originals.get(source), rng, size)
-        ext = "png" if rng.random() < png_share else "jpg"
-        stem = f"{i:04d}_{Path(source.file).stem}"
-        _save(img, folder / f"{stem}.{ext}", ext, rng)
-        if captions:
-            (folder / f"{stem}.txt").write_text(", ".join([source.caption, *notes]) + "\n")
-    if broken:
-        _write_broken(folder, originals.get(SOURCES[1]))
-    marker.write_text(json.dumps(params))
-    return folder
+        yield source, img, notes, rng
 
 
 def sample_folder_params(folder: str | Path) -> dict | None:
