@@ -1,0 +1,1 @@
+"""Making models fast without making them wrong: variants, their accuracy gate, and sweeps."""

@@ -1,0 +1,58 @@
+"""Where derived model files (quantised, exported) are kept between runs, keyed by what made them.
+
+Several workers may build the same file at once: each writes to its own temporary name and
+renames it into place, so a reader sees either no file or a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$MMPIPE_CACHE`` (default ``~/.cache/mmpipe``) / parts, created."""
+    root = os.environ.get("MMPIPE_CACHE") or Path.home() / ".cache" / "mmpipe"
+    path = Path(root, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256, hashed once per process while its size and mtime stay the same
+    (every model load asks for it)."""
+    st = os.stat(path)
+    return _sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+def cache_key(source_sha256: str, settings: dict) -> str:
+    """A short name for the file derived from ``source_sha256`` with ``settings``."""
+    blob = json.dumps({"source": source_sha256, **settings}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write; renamed onto ``target`` on success,
+    removed on failure."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
