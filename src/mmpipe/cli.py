@@ -88,6 +88,10 @@ def moderate(
                                             "(default: as the policy says)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the judge (…/v1)."),
     batch_size: int = typer.Option(16, help="Items per open_nsfw / CLIP batch."),
+    nsfw_precision: str = typer.Option("fp32", help="open_nsfw precision: fp32, or int8 (quantised "
+                                       "by onnxruntime, cached, refused if its decisions at the "
+                                       "policy's thresholds flip on more than 0.5% of a fixed "
+                                       "evaluation set)."),
     decode_workers: int = typer.Option(2, help="Threads decoding images, videos and texts."),
     read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
     model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
@@ -111,7 +115,7 @@ def moderate(
 
     result = run(input, out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
                  max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
-                 judge_url=judge_url,
+                 judge_url=judge_url, nsfw_precision=nsfw_precision,
                  batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
                  model_threads=model_threads, limit=limit, overwrite=overwrite,
                  shard_size=shard_size, id_column=id_column, image_column=image_column,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import pyarrow as pa
 from PIL import Image
@@ -45,6 +45,8 @@ class ModerateConfig(JobConfig):
     ocr_workers: int = Field(2, ge=1, le=64)
     escalate: bool | None = None  # None: as the policy says
     judge_url: str | None = None
+    # int8: open_nsfw quantised by onnxruntime, used only if it passes the accuracy gate.
+    nsfw_precision: Literal["fp32", "int8"] = "fp32"
 
 
 def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -65,6 +67,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
                   "categories": [{"name": c.name, "source": c.source, "review": c.review,
                                   "block": c.block, "media": list(c.media)} for c in policy.categories],
                   "clip_model": str(clip.spec) if clip else None,
+                  "open_nsfw": nsfw_variant(policy, cfg),
                   "columns": moderation_schema(names).names},
     )
     result = run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
@@ -101,7 +104,18 @@ def _signature(policy: Policy, cfg: ModerateConfig, clip) -> dict:
             "judge": {"enabled": escalation.enabled, "model": escalation.model,
                       "prompt": escalation.prompt} if escalation.enabled else None,
             "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr, "fps": cfg.fps,
-            "max_frames": cfg.max_frames, "max_side": cfg.max_side}
+            "max_frames": cfg.max_frames, "max_side": cfg.max_side,
+            "nsfw_precision": cfg.nsfw_precision}
+
+
+def nsfw_variant(policy: Policy, cfg: ModerateConfig) -> dict | None:
+    """The open_nsfw variant the job runs and its measured accuracy; an INT8 one is built (or
+    found cached) and gated here, before any item is read."""
+    if not categories_of(policy, "open_nsfw"):
+        return None
+    from ..models.open_nsfw import nsfw_model
+
+    return nsfw_model(cfg.nsfw_precision, policy.thresholds("open_nsfw"))[1]
 
 
 def load_policy_clip(cfg: ModerateConfig, policy: Policy):
@@ -136,7 +150,7 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
               concurrency=cfg.decode_workers, stateless=True),
     ]
     if nsfw:
-        stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads),
+        stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads, cfg.nsfw_precision),
                             batch_size=cfg.batch_size, resources=model))
     text_sources = categories_of(policy, "profanity", "words")
     if cfg.ocr and any(set(c.media) & {"image", "video"} for c in text_sources):

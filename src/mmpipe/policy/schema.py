@@ -111,5 +111,10 @@ class Policy(_Strict):
                 raise ValueError(f"escalation.categories: no category {name!r}")
         return self
 
+    def thresholds(self, source: str) -> list[float]:
+        """The review and block thresholds of the categories ``source`` scores: where a faster
+        variant of that model must make the same decisions as the original."""
+        return sorted({t for c in self.categories if c.source == source for t in (c.review, c.block)})
+
     def words_of(self, category: Category) -> list[str]:
         return [*category.words, *(w for name in category.word_lists for w in self.word_lists[name])]

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -58,6 +59,7 @@ class Moderation(Batching):
     policy: str | None = None  # the moderation policy; None: the shipped default
     clip_model: str | None = None  # for zero-shot policy categories
     model_threads: int = Field(1, ge=1, le=256)
+    nsfw_precision: Literal["fp32", "int8"] = "fp32"  # as `mmpipe moderate --nsfw-precision`
 
 
 class Embeddings(Batching):

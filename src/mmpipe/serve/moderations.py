@@ -30,7 +30,8 @@ def moderation_model(config: ServeConfig) -> tuple[ServedModel, Policy]:
     answer cannot wait for an LLM, and the scores already say what the policy flags."""
     m = config.moderation
     job = ModerateConfig(input="-", out="-", policy=m.policy, clip_model=m.clip_model,
-                         max_pixels=config.max_pixels, model_threads=m.model_threads, escalate=False)
+                         max_pixels=config.max_pixels, model_threads=m.model_threads,
+                         nsfw_precision=m.nsfw_precision, escalate=False)
     policy = effective_policy(job)
     stages = [s for s in moderation_stages(policy, job, load_policy_clip(job, policy)) if s.name != "judge"]
     return served_model(MODEL_ID, stages), policy

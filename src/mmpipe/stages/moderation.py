@@ -56,10 +56,11 @@ def _score_frames(batch: Sequence[Decoded], key: str, score) -> None:
 class NsfwBatch:
     """open_nsfw over every frame of the batch's images and videos, in model-sized chunks."""
 
-    def __init__(self, policy: Policy, threads: int | None):
-        from ..models.open_nsfw import NsfwScorer
+    def __init__(self, policy: Policy, threads: int | None, precision: str = "fp32"):
+        from ..models.open_nsfw import NsfwScorer, nsfw_model
 
-        self.scorer = NsfwScorer(threads=threads)
+        path, _ = nsfw_model(precision, policy.thresholds("open_nsfw"))
+        self.scorer = NsfwScorer(threads=threads, model_path=path)
         self.names = [c.name for c in categories_of(policy, "open_nsfw")]
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
