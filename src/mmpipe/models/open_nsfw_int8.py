@@ -30,8 +30,8 @@ from ..tune.cache import atomic_path, cache_dir, cache_key, file_sha256
 from ..tune.onnx_int8 import quantize_onnx, settings
 from .open_nsfw import NsfwScorer, preprocess
 
-# Static QDQ: 4.0× fp32's items/s at batch 16 on one thread, where dynamic (ConvInteger) was
-# no faster than fp32 and flipped 3 of 320 decisions (see int8_agreement).
+# Static QDQ: 3.7-4.0x fp32's items/s at batch 16 on one thread (2.4x on two), where dynamic
+# (ConvInteger) was 0.97x on one thread, 0.75x on two, and flipped 3 of 320 decisions.
 METHOD = "static"
 BATCH = 16
 # Disjoint seeds: the set that fixes the activation ranges is not the set that judges them.
