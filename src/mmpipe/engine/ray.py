@@ -33,6 +33,7 @@ from .local import apply_to_healthy
 from .stats import EngineStats, StageStats
 
 _END = "__mmpipe_end__"
+_RESERVED_CPUS = 1.0
 T = TypeVar("T")
 RECORD = "record"
 
@@ -70,10 +71,14 @@ class RayEngine:
             feeder = threading.Thread(target=self._feed, args=(records, inbox, stop, failures),
                                       name="mmpipe-ray-feed", daemon=True)
             stats = EngineStats(stages=[StageStats(s.name, _workers(s, cluster)) for s in stages])
-            ds = ray.data.read_datasource(_QueueSource(inbox), num_cpus=0)
+            # Ray Data gathers a read task's output into blocks of up to 128 MiB (a whole listing
+            # of small records) and would then cut a lone read task's output into 200 pieces;
+            # blocks of one chunk each instead give every decode task a useful share.
+            ds = ray.data.read_datasource(_QueueSource(inbox), num_cpus=0, override_num_blocks=1)
+            ds = ds.repartition(target_num_rows_per_block=self.chunk)
             fit = cpu_fit(stages, cluster.get("CPU", 0))
-            for stage in stages:
-                ds = _map(ds, stage, fit)
+            for group in _fused(stages):
+                ds = _map(ds, group, fit)
             start = time.perf_counter()
             feeder.start()
             try:
@@ -151,10 +156,16 @@ def cpu_fit(stages: Sequence[Stage], cpus: float) -> float:
     Each model stage keeps at least one actor and each stateless stage needs a task slot; on a
     cluster smaller than that sum (a laptop) the pipeline would wait forever for CPUs. Ray's
     CPUs are logical, so the requests shrink to fit and the cores are shared, as the local
-    engine's threads share them. On a cluster big enough the requests stay as the stages say.
+    engine's threads share them. One CPU stays free for the tasks that cut the listing into
+    blocks (Ray Data runs them with a whole CPU each). On a cluster big enough the requests
+    stay as the stages say.
     """
     need = sum(s.resources.num_cpus for s in stages)
-    return min(1.0, cpus / need) if need > 0 and cpus > 0 else 1.0
+    free = cpus - _RESERVED_CPUS
+    if free <= 0:
+        raise ConfigError("--engine", f"the Ray cluster has {cpus:g} CPUs; it needs more than "
+                                      f"{_RESERVED_CPUS:g}")
+    return min(1.0, free / need) if need > 0 else 1.0
 
 
 def _workers(stage: Stage, cluster: dict) -> int:
@@ -166,12 +177,26 @@ def _workers(stage: Stage, cluster: dict) -> int:
     return stage.concurrency
 
 
-def _map(ds: ray.data.Dataset, stage: Stage, fit: float) -> ray.data.Dataset:
-    args = dict(batch_format="numpy", zero_copy_batch=True, num_cpus=stage.resources.num_cpus * fit)
-    if stage.stateless:
+def _fused(stages: Sequence[Stage]) -> list[list[Stage]]:
+    """Consecutive stateless stages run in one task (reading then decoding a block, with no
+    trip through the object store between them); each model stage is a group of its own."""
+    groups: list[list[Stage]] = []
+    for stage in stages:
+        if stage.stateless and groups and groups[-1][-1].stateless:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
+
+
+def _map(ds: ray.data.Dataset, group: list[Stage], fit: float) -> ray.data.Dataset:
+    cpus = max(s.resources.num_cpus for s in group) * fit
+    args = dict(batch_format="numpy", zero_copy_batch=True, num_cpus=cpus)
+    if group[0].stateless:
         # Whole blocks: per-item stages gain nothing from smaller calls. No concurrency cap:
         # tasks spread over every free CPU, as many as the cluster has.
-        return ds.map_batches(_StatelessStage(stage), batch_size=None, **args)
+        return ds.map_batches(_StatelessStages(group), batch_size=None, **args)
+    stage = group[0]
     if stage.resources.num_gpus:
         # No upper bound: the pool grows with the GPUs an autoscaling cluster adds.
         args["num_gpus"] = stage.resources.num_gpus
@@ -192,14 +217,16 @@ def _call(fn: Callable[[], T]) -> T:
     return fn()
 
 
-class _StatelessStage:
-    """Runs as a plain task: ``setup`` is cheap, so it is called per block."""
+class _StatelessStages:
+    """Runs as a plain task: each stage's ``setup`` is cheap, so it is called per block."""
 
-    def __init__(self, stage: Stage):
-        self.stage = stage
+    def __init__(self, stages: list[Stage]):
+        self.stages = stages
 
     def __call__(self, batch: dict) -> dict:
-        return _apply(self.stage.name, self.stage.setup(), batch)
+        for stage in self.stages:
+            batch = _apply(stage.name, stage.setup(), batch)
+        return batch
 
 
 class _StatefulStage:
