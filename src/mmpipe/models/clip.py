@@ -88,22 +88,35 @@ class ClipEmbedder:
             return self._normalised(self.model.get_image_features(pixel_values=x))
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
-        """Pads to the longest text in the batch (not to 77): the text tower costs per token."""
         torch = self.torch
-        longest = max(len(t) for t in token_lists)
-        ids = np.full((len(token_lists), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, t in enumerate(token_lists):
-            ids[i, : len(t)] = t
-            mask[i, : len(t)] = 1
+        ids, mask = pad_tokens(token_lists, self.pad_id)
         with torch.inference_mode():
             out = self.model.get_text_features(input_ids=torch.from_numpy(ids).to(self.device),
                                                attention_mask=torch.from_numpy(mask).to(self.device))
             return self._normalised(out)
 
     def _normalised(self, out) -> np.ndarray:
-        # transformers 5 returns an output object whose pooler_output is the projected vector.
-        return unit_rows(out if isinstance(out, self.torch.Tensor) else out.pooler_output)
+        return unit_rows(projected(out))
+
+
+def pad_tokens(token_lists: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) padded to the longest text in the batch (not to 77): the text
+    tower costs per token."""
+    longest = max(len(t) for t in token_lists)
+    ids = np.full((len(token_lists), longest), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, t in enumerate(token_lists):
+        ids[i, : len(t)] = t
+        mask[i, : len(t)] = 1
+    return ids, mask
+
+
+def projected(out):
+    """The projected vector of ``get_image_features`` / ``get_text_features``: transformers 5
+    returns an output object whose pooler_output holds it."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def placement(device: str, precision: str):

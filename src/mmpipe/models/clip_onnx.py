@@ -1,0 +1,137 @@
+"""CLIP's towers as ONNX graphs run by onnxruntime.
+
+Each tower is exported once per checkpoint (dynamic batch; dynamic sequence length for text),
+checked against eager fp32 on the evaluation set, and kept in the checkpoint's cache folder;
+int8 is onnxruntime's dynamic quantisation of the exported fp32 graph. Files are written under
+a temporary name and renamed, so workers exporting at once never read a half-written graph.
+
+Imports torch on import: load it only where the onnx runtime is asked for.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ModelLoadError
+from ..tune.cache import atomic_path
+from .clip import ClipEmbedder, LoadedClip, pad_tokens, projected, unit_rows
+
+TOWERS = ("image", "text")
+# An fp32 graph differs from eager fp32 only by the order of float operations.
+EXPORT_MIN_COSINE = 0.9999
+
+
+class OnnxClipEmbedder:
+    """``ClipEmbedder``'s interface on two onnxruntime sessions."""
+
+    def __init__(self, paths: dict[str, Path], pad_id: int):
+        import onnxruntime as ort
+
+        self.sessions = {t: ort.InferenceSession(str(paths[t]), providers=["CPUExecutionProvider"])
+                         for t in TOWERS}
+        self.pad_id = pad_id
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        return _unit(self.sessions["image"].run(None, {"pixel_values": pixels})[0])
+
+    def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
+        ids, mask = pad_tokens(token_lists, self.pad_id)
+        return _unit(self.sessions["text"].run(None, {"input_ids": ids, "attention_mask": mask})[0])
+
+
+def onnx_towers(clip, precision: str) -> dict[str, Path]:
+    """The two graphs of ``clip`` (a ``ClipVariant``) in ``precision`` (fp32 or int8), exported
+    and quantised first when its cache folder lacks them."""
+    folder: Path = clip.cache
+    paths = _paths(folder, precision)
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    fp32 = _paths(folder, "fp32")
+    if not all(p.is_file() for p in fp32.values()):
+        export_towers(clip, fp32)
+    if precision == "int8":
+        for tower in TOWERS:
+            with atomic_path(paths[tower]) as tmp:
+                _quantise(fp32[tower], tmp)
+    return paths
+
+
+def export_towers(clip: LoadedClip, paths: dict[str, Path]) -> None:
+    """Export both towers of ``clip`` in fp32 and refuse a graph that disagrees with eager."""
+    from ..tune.eval_set import evaluation_captions, evaluation_images
+
+    model = clip.load_model().float().eval()
+    pre = clip.preprocessor
+    pixels = np.stack([pre.image(img) for img in evaluation_images(8)])
+    tokens = [pre.text(c) for c in evaluation_captions(8)]
+    ids, mask = (torch.from_numpy(a) for a in pad_tokens(tokens, pre.pad_id))
+    text_axes = {0: "batch", 1: "sequence"}
+    for tower, module, args, axes in (
+            ("image", _ImageTower(model), (torch.from_numpy(pixels),), {"pixel_values": {0: "batch"}}),
+            ("text", _TextTower(model), (ids, mask), {"input_ids": text_axes, "attention_mask": text_axes})):
+        with atomic_path(paths[tower]) as tmp:
+            _export(module, args, axes, tmp)
+    reference = ClipEmbedder(model, "cpu", "fp32", pre.pad_id)
+    exported = OnnxClipEmbedder(paths, pre.pad_id)
+    for tower, want, got in (("image", reference.embed_images(pixels), exported.embed_images(pixels)),
+                             ("text", reference.embed_texts(tokens), exported.embed_texts(tokens))):
+        worst = float((want * got).sum(axis=1).min())
+        if worst < EXPORT_MIN_COSINE:
+            for p in paths.values():
+                p.unlink(missing_ok=True)
+            raise ModelLoadError(f"the ONNX export of {clip.spec}'s {tower} tower disagrees with "
+                                 f"eager fp32 (min cosine {worst:.6f} < {EXPORT_MIN_COSINE})")
+
+
+class _ImageTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return projected(self.model.get_image_features(pixel_values=pixel_values))
+
+
+class _TextTower(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return projected(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+
+
+def _export(module, args: tuple, dynamic: dict, path: Path) -> None:
+    # The TorchScript exporter: deprecated, but the torch.export-based one (which would also need
+    # onnxscript) wrote a text tower onnxruntime refused to load. Its tracer warnings are about
+    # Python conditions on shapes, which the parity check covers.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=list(dynamic), output_names=["embedding"],
+                          dynamic_axes={**dynamic, "embedding": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+
+
+def _quantise(src: Path, dst: Path) -> None:
+    """Int8 weights for the MatMuls (where a transformer's time goes), activations quantised per
+    batch. Not ``tune.onnx_int8``'s dynamic setting, made for a conv net: unsigned weights ran
+    ViT-B/32's MatMulInteger at 0.85x fp32 here, signed ones at 2x; and onnxruntime's symbolic
+    shape inference, which its pre-processing needs, cannot finish on the text tower's graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def _paths(folder: Path, precision: str) -> dict[str, Path]:
+    return {t: folder / f"{t}.{precision}.onnx" for t in TOWERS}
+
+
+def _unit(out: np.ndarray) -> np.ndarray:
+    return unit_rows(torch.from_numpy(out))

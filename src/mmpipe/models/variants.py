@@ -1,0 +1,150 @@
+"""Faster variants of a loaded CLIP: other precisions and runtimes behind the same embedder.
+
+``ClipEmbedder`` stays the plain eager model. A variant wraps what it does with the weights:
+
+- precision ``fp32`` / ``bf16`` / ``fp16`` (GPU) is the weights' dtype; ``int8`` stores the Linear
+  layers' weights as int8 and quantises each batch's activations on the fly (dynamic
+  quantisation), where the CPU spends its time in a transformer;
+- runtime ``eager`` (PyTorch as written), ``compile`` (``torch.compile`` of each tower) or
+  ``onnx`` (each tower exported once to ONNX and run by onnxruntime, see ``clip_onnx``).
+
+How far a variant strays from eager fp32 is measured and gated in ``mmpipe.tune.clip_gate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, get_args
+
+from ..errors import ConfigError
+from ..tune.cache import cache_dir, cache_key
+from .clip import RANDOM_ARCHS, LoadedClip
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+Runtime = Literal["eager", "compile", "onnx"]
+PRECISIONS, RUNTIMES = get_args(Precision), get_args(Runtime)
+# One line each for the CLI's help and the error messages.
+PRECISION_HELP = ("fp32 (reference), bf16, fp16 (GPU only) or int8 (CPU: Linear layers in int8, "
+                  "activations quantised per batch)")
+RUNTIME_HELP = ("eager (PyTorch), compile (torch.compile; slow first batch) or onnx (towers exported "
+                "once to ONNX and run by onnxruntime, CPU)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    precision: Precision = "fp32"
+    runtime: Runtime = "eager"
+
+    def __str__(self) -> str:
+        return f"{self.precision} {self.runtime}"
+
+    @property
+    def is_reference(self) -> bool:
+        """Eager fp32: what every other variant is measured against."""
+        return self == Variant()
+
+    @property
+    def weights_precision(self) -> str:
+        """The dtype the checkpoint loads in before the variant wraps it."""
+        return "fp32" if self.precision == "int8" else self.precision
+
+    def check(self, device: str) -> None:
+        """Refuse, naming the flag, what cannot run or would not be faster."""
+        if self.precision not in PRECISIONS:
+            raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError("--runtime", f"must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        gpu = device.startswith("cuda")
+        if self.precision == "fp16" and not gpu:
+            raise ConfigError("--precision", "fp16 needs --device cuda (CPUs lack fp16 arithmetic "
+                                             "and emulate it slowly); on a CPU use bf16 or int8")
+        if self.precision == "int8" and gpu:
+            raise ConfigError("--precision", "int8 is a CPU variant (dynamic quantisation); on a GPU "
+                                             "use fp16 or bf16")
+        if self.runtime == "onnx" and gpu:
+            raise ConfigError("--runtime", "onnx runs on the CPU (onnxruntime's CPU build); on a GPU "
+                                           "use --runtime compile")
+        if self.runtime == "onnx" and self.precision not in ("fp32", "int8"):
+            raise ConfigError("--precision", f"--runtime onnx runs fp32 or int8, not {self.precision}")
+
+
+@dataclass(frozen=True)
+class ClipVariant(LoadedClip):
+    """A ``LoadedClip`` whose workers run it as ``variant``; anything that takes a LoadedClip
+    takes this. ``accuracy`` is what it measured against eager fp32 (None for the reference)."""
+
+    variant: Variant = Variant()
+    cache: Path | None = None  # the checkpoint's cache folder (exported graphs, measured accuracy)
+    accuracy: dict | None = None
+
+    @classmethod
+    def wrap(cls, clip: LoadedClip, variant: Variant) -> "ClipVariant":
+        base = {f.name: getattr(clip, f.name) for f in fields(LoadedClip)}
+        return cls(**base, variant=variant, cache=None if variant.is_reference else checkpoint_cache(clip))
+
+    def make_embedder(self):
+        """Loads the weights (once per model worker) and wraps them as ``variant``."""
+        if self.variant.runtime == "onnx":
+            from .clip_onnx import OnnxClipEmbedder, onnx_towers
+
+            return OnnxClipEmbedder(onnx_towers(self, self.variant.precision), self.preprocessor.pad_id)
+        embedder = super().make_embedder()
+        if self.variant.precision == "int8":
+            quantise_linear(embedder.model)
+        if self.variant.runtime == "compile":
+            compile_towers(embedder.model)
+        return embedder
+
+    def describe(self) -> dict:
+        """The variant as a job's manifest records it."""
+        return {"precision": self.variant.precision, "runtime": self.variant.runtime,
+                "accuracy": self.accuracy}
+
+
+def quantise_linear(model) -> None:
+    """Dynamic int8 quantisation of every Linear layer of ``model``, in place.
+
+    ``torch.ao`` rather than torchao: on this CPU (torch 2.13, torchao 0.18) torchao's dynamic
+    int8 ran ViT-B/32's image tower at 0.46x fp32 eager (it quantises activations with unfused
+    tensor ops) and 1.27x compiled, ``torch.ao``'s fused int8 kernels at 1.9x eager and 2.1x
+    compiled. ``torch.ao`` warns that it is deprecated on every call."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def compile_towers(model) -> None:
+    """``torch.compile`` each tower; the first batch of each new shape compiles (seconds to a
+    minute), later ones reuse the compiled code."""
+    import torch
+
+    model.vision_model = torch.compile(model.vision_model)
+    model.text_model = torch.compile(model.text_model)
+
+
+def checkpoint_cache(clip: LoadedClip) -> Path:
+    """A folder for what this install derives from ``clip``'s weights, keyed by the spec, the
+    checkpoint's files (name, size, mtime: hashing gigabytes on every start would cost seconds)
+    and the versions that shape the results."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    if clip.spec.kind == "random":
+        files = RANDOM_ARCHS[clip.spec.target]
+    else:
+        folder = clip.spec.local_dir()
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+    source = hashlib.sha256(json.dumps([str(clip.spec), files], default=str).encode()).hexdigest()
+    key = cache_key(source, {"torch": torch.__version__, "transformers": transformers.__version__,
+                             "onnxruntime": onnxruntime.__version__})
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(clip.spec).rstrip("/").rsplit("/", 1)[-1])[-40:]
+    return cache_dir("clip", f"{slug}-{key}")
