@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -191,3 +194,23 @@ class RunningServer:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
+
+
+def kill_at_commit_depths(cmd: list[str], out: Path, depths, timeout: float = 60) -> int:
+    """Run ``cmd`` (a job writing to ``out``) once per depth, SIGKILL it as soon as its commit
+    log holds that many lines, and return how many runs were killed before they finished."""
+    log = out / "_commits.jsonl"
+    kills = 0
+    for wait_for_lines in depths:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (log.read_bytes().count(b"\n") if log.exists() else 0) >= wait_for_lines:
+                break
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+    return kills
+

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from mmpipe.engine import make_engine  # noqa: E402
 from mmpipe.engine.ray import RayEngine  # noqa: E402
 from mmpipe.records import Item, failed  # noqa: E402
 from mmpipe.stage import Resources, Stage  # noqa: E402
-from tests.conftest import assert_same_rows, photo  # noqa: E402
+from tests.conftest import assert_same_rows, kill_at_commit_depths, photo  # noqa: E402
 from tests.e2e.test_cli import by_id, run_cli  # noqa: E402
 from tests.test_moderate import media  # noqa: E402,F401 - the moderation test media, reused
 
@@ -128,20 +126,7 @@ def test_driver_sigkill_then_resume_gives_every_id_once(cluster, images, tiny_mo
     out = tmp_path / "out"
     args = ["embed", str(images), "--out", str(out), "--model", tiny_model_spec, "--batch-size", "4",
             "--shard-size", "5", "--engine", "ray", "--ray-address", cluster]
-    log = out / "_commits.jsonl"
-    kills = 0
-    for wait_for_lines in (1, 4):
-        proc = subprocess.Popen([sys.executable, "-m", "mmpipe.cli", *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if log.exists() and log.read_bytes().count(b"\n") >= wait_for_lines:
-                break
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=30)
+    kills = kill_at_commit_depths([sys.executable, "-m", "mmpipe.cli", *args], out, (1, 4), timeout=120)
     assert kills >= 1, "the job finished before it could be killed"
     final = run_cli(*args, timeout=300)
     assert final.returncode == 0, final.stderr

@@ -148,7 +148,7 @@ def test_uncertain_items_go_to_the_judge(tmp_path):
 
 
 def test_bad_judge_url_is_refused_before_the_job(media, tmp_path):
-    with pytest.raises(mmpipe.ConfigError, match="--judge-url: expected an http\(s\) base URL .*'ftp://x'"):
+    with pytest.raises(mmpipe.ConfigError, match="--judge-url: 'ftp://x' is not an http\(s\):// URL with a host"):
         mmpipe.moderate(str(media), str(tmp_path / "o"), judge_url="ftp://x", progress=False)
 
 

@@ -12,6 +12,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from .errors import MmpipeError
 from .models.spec import DEFAULT_CLIP
+from .models.variants import PRECISION_HELP, RUNTIME_HELP
 from .jobs.runner import JobResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -35,7 +36,10 @@ def embed(
     decode_workers: int = typer.Option(2, help="Threads decoding and preprocessing images."),
     read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    precision: str = typer.Option("fp32", help=PRECISION_HELP + "."),
+    runtime: str = typer.Option("eager", help=RUNTIME_HELP + "."),
+    min_cosine: float = typer.Option(0.99, help="Accuracy gate: refuse a variant whose vectors' mean cosine "
+                                     "to eager fp32 on a fixed evaluation set is lower."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
     overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
     shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
@@ -60,7 +64,8 @@ def embed(
     from .jobs.embed import embed as run
 
     result = run(input, out, model=model, batch_size=batch_size, decode_workers=decode_workers,
-                 read_workers=read_workers, device=device, precision=precision, limit=limit,
+                 read_workers=read_workers, device=device, precision=precision, runtime=runtime,
+                 min_cosine=min_cosine, limit=limit,
                  overwrite=overwrite, shard_size=shard_size, id_column=id_column,
                  image_column=image_column, text_column=text_column,
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,

@@ -20,6 +20,17 @@ class UnsafeURLError(ValueError):
     """A URL refused by policy rather than by the network."""
 
 
+def http_base_url(url: str) -> str:
+    """``url`` without its trailing slash when it is an http(s) base URL with a host (servers
+    the user configures: judges, router backends); ValueError naming what is wrong otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s):// URL with a host, e.g. http://host:8000")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: a base URL has no ?query or #fragment")
+    return url.rstrip("/")
+
+
 def check_url(url: str, allow_private: bool = False) -> None:
     """Raise UnsafeURLError unless ``url`` is http(s) to a public address (or private is allowed)."""
     parts = urlsplit(url)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import mmpipe
-from tests.conftest import assert_same_rows, photo
+from tests.conftest import assert_same_rows, kill_at_commit_depths, photo
 
 MMPIPE = [sys.executable, "-m", "mmpipe.cli"]
 
@@ -72,22 +70,8 @@ def test_sigkill_at_any_moment_then_resume_gives_every_id_once(many_images, tiny
     out = tmp_path / "out"
     args = [*MMPIPE, "embed", str(many_images), "--out", str(out), "--model", tiny_model_spec,
             "--shard-size", "7", "--batch-size", "4"]
-    log = out / "_commits.jsonl"
-    kills = 0
     # Kill at growing depths into the run: before the first commit, then mid-run several times.
-    for wait_for_lines in (0, 2, 6, 12, 20):
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            lines = log.read_bytes().count(b"\n") if log.exists() else 0
-            if lines >= wait_for_lines:
-                break
-            time.sleep(0.01)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=30)
-        proc.stderr.close()
+    kills = kill_at_commit_depths(args, out, (0, 2, 6, 12, 20))
     assert kills >= 3, "the job finished before it could be killed; make it longer"
 
     final = run_cli(*args[len(MMPIPE):])

@@ -9,16 +9,20 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..decode import DecodeError, decode_image
+from ..errors import ConfigError
 from ..engine import Engine, LocalEngine, make_engine
 from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
 from ..models.clip import LoadedClip
+from ..models.variants import ClipVariant, Precision, Runtime, Variant
 from ..records import Decoded, Item, Record, Scored
 from ..sources import open_source
 from ..stage import Resources, Stage
 from ..stages.common import per_item, read_stage
+from ..tune.accuracy import Gate
+from ..tune.clip_gate import gated_variant
 from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
@@ -28,11 +32,30 @@ class EmbedConfig(JobConfig):
 
     model: str = DEFAULT_CLIP
     batch_size: int = Field(16, ge=1, le=4096)
-    precision: str = "fp32"
+    precision: Precision = "fp32"
+    runtime: Runtime = "eager"
+    # The accuracy gate: a variant whose vectors' mean cosine to eager fp32 is lower is refused.
+    min_cosine: float = Field(0.99, ge=-1, le=1)
     # JPEG DCT-domain downscaling while decoding (see decode_image); off for bit-exact preprocessing.
     fast_decode: bool = True
     # Split the image tower into this many consecutive parts, one worker (device) each.
     pipeline_stages: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _variant_runs_here(self):
+        self.variant.check(self.device)
+        if self.pipeline_stages > 1 and (self.precision == "int8" or self.runtime != "eager"):
+            raise ConfigError("--pipeline-stages", "splits the eager PyTorch model; it does not combine "
+                                                   f"with --precision {self.precision} --runtime {self.runtime}")
+        return self
+
+    @property
+    def variant(self) -> Variant:
+        return Variant(self.precision, self.runtime)
+
+    @property
+    def gate(self) -> Gate:
+        return Gate(min_mean_cosine=self.min_cosine)
 
 
 def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -42,22 +65,37 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
     engine = make_engine(cfg.engine, cfg.ray_address)
-    clip = load_clip(cfg.model, cfg.device, cfg.precision, cfg.allow_pickle,
-                     device_here=cfg.engine == "local")
+    clip = gated_clip(cfg, engine)
     job = JobSpec(
         label="embed",
         # INPUT too: resuming another input into the same folder would mix two jobs' rows.
         signature={"job": "embed", "input": cfg.input, "model": str(clip.spec),
-                   "precision": cfg.precision},
+                   "precision": cfg.precision, "runtime": cfg.runtime},
         items=open_source(cfg.input, cfg.source_options()),
         stages=embed_stages(clip, cfg, engine),
         to_table=lambda records: embeddings_table(records, clip.dim),
         manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,
-                  "dimension": clip.dim, "precision": cfg.precision, "input": cfg.input,
+                  "dimension": clip.dim, "precision": cfg.precision, "variant": clip.describe(),
+                  "input": cfg.input,
                   "columns": [f.name for f in embedding_schema(clip.dim)]},
     )
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                    overwrite=cfg.overwrite, progress=progress, engine=engine)
+
+
+def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
+    """The job's CLIP as its ``--precision``/``--runtime`` variant, measured against eager fp32
+    and refused below the gate (tune.clip_gate) where the model stages run: a GPU node when
+    they need one."""
+    clip = load_clip(cfg.model, cfg.device, cfg.variant.weights_precision, cfg.allow_pickle,
+                     device_here=cfg.engine == "local")
+    if cfg.variant.is_reference:  # nothing to measure, so no need to go where the model runs
+        return ClipVariant.wrap(clip, cfg.variant)
+    return engine.run_once(partial(gated_variant, clip, cfg.variant, cfg.gate), model_resources(cfg))
+
+
+def model_resources(cfg: EmbedConfig) -> Resources:
+    return Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)
 
 
 def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
@@ -77,7 +115,7 @@ def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
     """One stage with the whole model or, with ``--pipeline-stages K``, the text tower then the
     image tower in K parts, each part a worker of its own owning only its layers. Parts work on
     consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
-    device = Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)
+    device = model_resources(cfg)
     if cfg.pipeline_stages == 1:
         return [Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size, resources=device)]
     from ..models.pipeline import split_vision

@@ -21,10 +21,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..net import http_base_url
 from ..retry import RETRY_STATUSES, backoff_delay, retry_after_seconds
 from .loops import is_degenerate
 
@@ -58,10 +58,7 @@ class JudgeSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"expected an http(s) base URL like http://host:8000/v1, got {url!r}")
-        return url.rstrip("/")
+        return http_base_url(url)
 
 
 class JudgeConfig(JudgeSettings):

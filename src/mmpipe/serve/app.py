@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from .batcher import DynamicBatcher, Overloaded
 from .config import ServeConfig
 from .embeddings import embed_request, embedding_model
-from .errors import RequestError, error_response
+from .errors import RequestError, answer_bugs_in_openai_shape, error_response
 from .inputs import InputLimits
 from .metrics import ServeMetrics
 from .moderations import MODEL_ID, moderate_request, moderation_model
@@ -56,12 +56,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         metrics.errors.labels(exc.code or str(exc.status)).inc()
         return error_response(exc)
 
-    @app.exception_handler(Exception)
-    async def _bug(_request: Request, exc: Exception):
-        # Still an OpenAI-shaped body, so clients parse it like any other error.
-        metrics.errors.labels("internal").inc()
-        return error_response(RequestError(f"internal error: {type(exc).__name__}: {exc}",
-                                           status=500, code="internal"))
+    answer_bugs_in_openai_shape(app, metrics.errors.labels("internal").inc)
 
     @app.get("/healthz")
     async def healthz():

@@ -9,6 +9,8 @@ Example::
       replicas: 2
     embeddings:            # optional: /v1/embeddings answers once a CLIP model is named
       model: path:/models/clip-vit-base-patch32
+      precision: int8      # fp32, bf16, fp16 (GPU), int8 (CPU); gated against fp32
+      runtime: onnx        # eager, compile, onnx
       max_batch_size: 32
       buckets: [1, 4, 16, 32]
 """
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..decode.image import DEFAULT_MAX_PIXELS
 from ..errors import ConfigError
+from ..models.variants import Precision, Runtime
 
 _STRICT = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -66,7 +69,9 @@ class Embeddings(Batching):
     model: str  # a CLIP spec, as `mmpipe embed --model` takes
     name: str | None = None  # the id clients pass as `model`; default: derived from the spec
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: Precision = "fp32"  # as `mmpipe embed --precision`
+    runtime: Runtime = "eager"  # as `mmpipe embed --runtime`
+    min_cosine: float = Field(0.99, ge=-1, le=1)  # the accuracy gate, as `mmpipe embed --min-cosine`
     allow_pickle: bool = False
     # Matryoshka-trained models keep their meaning when cut short; CLIP does not, so a request's
     # `dimensions` is refused unless this is set.

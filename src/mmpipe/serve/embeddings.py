@@ -15,8 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..jobs.embed import EmbedConfig, embed_stages
-from ..models import ModelSpec, load_clip
+from ..errors import ConfigError
+from ..jobs.embed import EmbedConfig, embed_stages, gated_clip
+from ..models import ModelSpec
 from ..models.text_encoder import is_clip_checkpoint, load_text_encoder
 from ..stages.text_embedding import text_embedding_stages
 from .batcher import DynamicBatcher
@@ -48,11 +49,18 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
     spec = ModelSpec.parse(e.model, "embeddings.model")
     name = e.name or _default_name(str(spec))
     if spec.kind == "random" or is_clip_checkpoint(spec.local_dir()):
-        clip = load_clip(spec, e.device, e.precision, e.allow_pickle)
-        job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
-                          allow_pickle=e.allow_pickle, max_pixels=config.max_pixels)
+        try:
+            job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
+                              runtime=e.runtime, min_cosine=e.min_cosine, allow_pickle=e.allow_pickle,
+                              max_pixels=config.max_pixels)
+        except ConfigError as exc:  # named as the job's flag; here it is a field of the config
+            raise ConfigError(f"embeddings.{exc.field.lstrip('-').replace('-', '_')}", exc.reason) from None
+        clip = gated_clip(job)
         return EmbeddingModel(served_model(name, embed_stages(clip, job)), spec, clip.dim,
                               clip.preprocessor.text, True, e)
+    if (e.precision, e.runtime) != ("fp32", "eager"):
+        raise ConfigError("embeddings.precision", f"precision and runtime variants are for CLIP models; "
+                                                  f"{spec} is a sentence encoder")
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
                           encoder.dim, encoder.tokenize, False, e)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 
@@ -22,3 +25,13 @@ def error_response(exc: RequestError) -> JSONResponse:
     return JSONResponse(status_code=exc.status, headers=exc.headers, content={"error": {
         "message": exc.message, "type": KINDS.get(exc.status, "invalid_request_error"),
         "param": exc.param, "code": exc.code}})
+
+
+def answer_bugs_in_openai_shape(app: FastAPI, on_bug: Callable[[], None] = lambda: None) -> None:
+    """An unexpected exception still gets an OpenAI-shaped 500 body, so that clients parse it
+    like any other error; ``on_bug`` counts it."""
+    @app.exception_handler(Exception)
+    async def _bug(_request: Request, exc: Exception):
+        on_bug()
+        return error_response(RequestError(f"internal error: {type(exc).__name__}: {exc}",
+                                           status=500, code="internal"))

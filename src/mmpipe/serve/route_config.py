@@ -16,11 +16,11 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
+from ..net import http_base_url
 from .config import read_yaml_mapping
 
 
@@ -34,12 +34,7 @@ class Backend(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_base_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http(s):// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: a base URL has no ?query or #fragment")
-        return url.rstrip("/")
+        return http_base_url(url)
 
 
 class RouteConfig(BaseModel):

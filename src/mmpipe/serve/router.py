@@ -28,7 +28,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from .errors import RequestError, error_response
+from .errors import RequestError, answer_bugs_in_openai_shape, error_response
 from .route_config import RouteConfig
 
 log = logging.getLogger(__name__)
@@ -252,11 +252,7 @@ def create_router_app(config: RouteConfig) -> FastAPI:
     async def _request_error(_request: Request, exc: RequestError):
         return error_response(exc)
 
-    @app.exception_handler(Exception)
-    async def _bug(_request: Request, exc: Exception):
-        # Still an OpenAI-shaped body, so clients parse it like any other error.
-        return error_response(RequestError(f"internal error: {type(exc).__name__}: {exc}",
-                                           status=500, code="internal"))
+    answer_bugs_in_openai_shape(app)
 
     @app.get("/healthz")
     async def healthz():
