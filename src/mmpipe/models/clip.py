@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
+from .checkpoint import read_checkpoint
 from .spec import ModelSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -155,9 +156,6 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
 
     ``device_here=False`` when the workers run elsewhere (a Ray cluster whose driver may have
     no GPU): the device is then checked by the workers that use it."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # ours is the only progress bar on the terminal
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
     if device_here:
         check_device(device)
@@ -165,15 +163,10 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
         raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if spec.kind == "random":
         return _load_random(spec, device, precision)
-    folder = spec.local_dir()
-    require_weights(folder, allow_pickle)
-    try:
-        from transformers import AutoTokenizer, CLIPConfig
+    from transformers import CLIPConfig
 
-        config = CLIPConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load CLIP checkpoint from {folder}: {exc}") from None
+    folder = spec.local_dir()
+    config, tokenizer = read_checkpoint(folder, CLIPConfig, allow_pickle, "a CLIP checkpoint")
     pre = _preprocessor(folder, config, tokenizer)
 
     def load():
@@ -220,17 +213,6 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
         return CLIPModel(config)
 
     return LoadedClip(pre, load, int(config.projection_dim), spec, device, precision)
-
-
-def require_weights(folder: Path, allow_pickle: bool) -> None:
-    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
-        return
-    pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-    if pickled and not allow_pickle:
-        raise ModelLoadError(f"{folder} has only pickle weights ({', '.join(pickled)}); they can run "
-                             "code when loaded. Convert them to safetensors, or pass --allow-pickle")
-    if not pickled:
-        raise ModelLoadError(f"no weights (*.safetensors) in {folder}")
 
 
 def _preprocessor(folder: Path | None, config, tokenizer) -> ClipPreprocessor:

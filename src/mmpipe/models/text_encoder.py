@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ModelLoadError
-from .clip import require_weights
+from .checkpoint import read_checkpoint
 from .spec import ModelSpec
 
 class TextEncoder:
@@ -65,17 +65,10 @@ def is_clip_checkpoint(folder: Path) -> bool:
 
 def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool = False) -> LoadedTextEncoder:
     """Tokenizer and config now; the weights when ``make_encoder`` is called."""
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoConfig
 
-    hf_logging.disable_progress_bar()  # ours is the only progress bar on the terminal
     folder = spec.local_dir()
-    require_weights(folder, allow_pickle)
-    try:
-        config = AutoConfig.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load a text encoder from {folder}: {exc}") from None
+    config, tokenizer = read_checkpoint(folder, AutoConfig, allow_pickle, "a text encoder")
     pooling = _pooling(folder)
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
 
