@@ -27,11 +27,12 @@ demo: install
 test: dev
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: dev  # the engines benchmark needs the ray extra
 	$(BIN)/python benchmarks/embed_throughput.py
 	$(BIN)/python benchmarks/moderate_throughput.py
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/serve_memory.py
+	$(BIN)/python benchmarks/engines.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo_data
