@@ -1,7 +1,8 @@
 """mmpipe: multimodal inference at scale.
 
 The library API is what the CLI calls: ``mmpipe.embed(input, out, **options)`` and
-``mmpipe.moderate(input, out, **options)``.
+``mmpipe.moderate(input, out, **options)``; ``mmpipe.tune(model, task, **options)`` finds their
+fastest configuration.
 """
 
 from .errors import ConfigError, MmpipeError, ModelLoadError, OutputDirError
@@ -9,6 +10,7 @@ from .jobs.embed import EmbedConfig, embed
 from .jobs.moderate import ModerateConfig, moderate
 from .jobs.runner import JobResult
 from .sinks import OutputDir
+from .tune.run import TuneResult, tune
 
 
 def read_output(out_dir) -> "pyarrow.Table":  # noqa: F821
@@ -18,4 +20,4 @@ def read_output(out_dir) -> "pyarrow.Table":  # noqa: F821
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "EmbedConfig", "JobResult", "MmpipeError", "ModelLoadError",
-           "ModerateConfig", "OutputDirError", "embed", "moderate", "read_output"]
+           "ModerateConfig", "OutputDirError", "TuneResult", "embed", "moderate", "read_output", "tune"]

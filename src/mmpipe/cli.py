@@ -8,9 +8,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 # typer vendors its own click; its exception classes are only reachable here.
+from typer._click.core import ParameterSource
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from .errors import MmpipeError
+from .jobs.config import with_config_file
 from .models.spec import DEFAULT_CLIP
 from .models.variants import PRECISION_HELP, RUNTIME_HELP
 from .jobs.runner import JobResult
@@ -18,6 +20,8 @@ from .jobs.runner import JobResult
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal inference at scale: embed and moderate images and text.")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+CONFIG_HELP = ("YAML mapping of this command's options (names with underscores, e.g. batch_size: 32), "
+               "such as the best.yaml of 'mmpipe tune'; flags given here win over it.")
 
 
 @app.callback()
@@ -27,9 +31,11 @@ def _root() -> None:
 
 @app.command()
 def embed(
+    ctx: typer.Context,
     input: str = typer.Argument(..., help="Folder, glob, manifest (.csv/.jsonl/.parquet), .tar shards, "
                                           "or an fsspec URL (s3://…) of any of these."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder for part-*.parquet shards."),
+    config: Optional[str] = typer.Option(None, help=CONFIG_HELP),
     model: str = typer.Option(DEFAULT_CLIP, help="hf:<repo-or-dir>, "
                               "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
     batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
@@ -61,9 +67,9 @@ def embed(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Embed images and captions with CLIP into Parquet shards (resumable)."""
-    from .jobs.embed import embed as run
+    from .jobs.embed import EmbedConfig, embed as run
 
-    result = run(input, out, model=model, batch_size=batch_size, decode_workers=decode_workers,
+    options = dict(input=input, out=out, model=model, batch_size=batch_size, decode_workers=decode_workers,
                  read_workers=read_workers, device=device, precision=precision, runtime=runtime,
                  min_cosine=min_cosine, limit=limit,
                  overwrite=overwrite, shard_size=shard_size, id_column=id_column,
@@ -71,15 +77,18 @@ def embed(
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  engine=engine, ray_address=ray_address,
-                 storage_options=parse_storage_options(storage_option), progress=progress)
+                 storage_options=parse_storage_options(storage_option))
+    result = run(progress=progress, **with_config_file(EmbedConfig, config, options, given(ctx)))
     print_summary("embedded", result)
 
 
 @app.command()
 def moderate(
+    ctx: typer.Context,
     input: str = typer.Argument(..., help="Folder (images, videos, .txt texts), glob, manifest "
                                           "(.csv/.jsonl/.parquet), .tar shards, or an fsspec URL."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder: part-*.parquet, review.jsonl, report.html."),
+    config: Optional[str] = typer.Option(None, help=CONFIG_HELP),
     policy: Optional[str] = typer.Option(None, help="Policy YAML (categories, thresholds, word lists, "
                                          "escalation). Default: the policy shipped with mmpipe."),
     clip_model: Optional[str] = typer.Option(None, help="CLIP checkpoint for zero-shot (source: clip) "
@@ -116,9 +125,9 @@ def moderate(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Moderate images, videos and texts with a policy: scores, allow/review/block, report."""
-    from .jobs.moderate import moderate as run
+    from .jobs.moderate import ModerateConfig, moderate as run
 
-    result = run(input, out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
+    options = dict(input=input, out=out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
                  max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
                  judge_url=judge_url, nsfw_precision=nsfw_precision,
                  batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
@@ -126,7 +135,8 @@ def moderate(
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
-                 storage_options=parse_storage_options(storage_option), progress=progress)
+                 storage_options=parse_storage_options(storage_option))
+    result = run(progress=progress, **with_config_file(ModerateConfig, config, options, given(ctx)))
     print_summary("moderated", result)
     print_moderation(result)
 
@@ -194,6 +204,30 @@ def loadtest(
 
 
 @app.command()
+def tune(
+    model: str = typer.Option(..., help="The model to tune: a CLIP spec for embed and serve "
+                              "(path:DIR, hf:REPO, random:ViT-B-32); for moderate, any label (its models "
+                              "come from the policy)."),
+    task: str = typer.Option(..., help="embed, moderate or serve."),
+    budget_minutes: float = typer.Option(10.0, help="Stop starting trials after this long."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Results folder (default: ./tune-TASK)."),
+    items: int = typer.Option(64, help="Sample items each job trial runs on."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    min_cosine: float = typer.Option(0.99, help="Embedding accuracy gate (mean cosine to eager fp32)."),
+    rate: float = typer.Option(20.0, help="serve: offered requests/s (Poisson) in every trial."),
+    progress: Optional[bool] = typer.Option(None, help="A line per trial on stderr (default: on)."),
+) -> None:
+    """Sweep batch size, precision/runtime, workers, threads and replicas; write tune.json/csv, a
+    Pareto plot and best.yaml (for embed/moderate/serve --config)."""
+    from .tune.run import tune as run
+
+    result = run(model, task, budget_minutes=budget_minutes, out=out, items=items, device=device,
+                 min_cosine=min_cosine, rate=rate, progress=progress)
+    err.print(f"results: {result.out}; "
+              + (f"best: {result.files['best']}" if result.best else "no configuration passed"), markup=False)
+
+
+@app.command()
 def route(
     config: str = typer.Option(..., help="Route config YAML: backends in order of preference, "
                                          "spill threshold, probes."),
@@ -234,6 +268,12 @@ def demo(
     print_summary("embedded", result.job)
     for line in describe_output(result):
         err.print(line, markup=False)
+
+
+def given(ctx: typer.Context) -> set[str]:
+    """The job options set on the command line, which win over a --config file's."""
+    names = {n for n in ctx.params if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT}
+    return names | ({"storage_options"} if "storage_option" in names else set())
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

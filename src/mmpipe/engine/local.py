@@ -126,6 +126,7 @@ class LocalEngine:
                         stats.busy_s += busy
                         stats.items += healthy
                         stats.batches += 1
+                        stats.batch_s.append(busy)
                 for r in batch:
                     _put(outbox, r, stop)
             with lock:

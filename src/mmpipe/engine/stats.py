@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class StageStats:
@@ -12,6 +14,12 @@ class StageStats:
     items: int = 0
     batches: int = 0
     busy_s: float = 0.0
+    # Each batch's time in the stage's function, for latency percentiles (the local engine's).
+    batch_s: list[float] = field(default_factory=list, repr=False)
+
+    def batch_ms(self, q: float) -> float | None:
+        """The ``q``-th percentile of the time one batch took, in ms; None when not measured."""
+        return round(float(np.percentile(self.batch_s, q)) * 1000, 3) if self.batch_s else None
 
     def busy_share(self, wall_s: float) -> float:
         """Fraction of the stage's worker-time spent working rather than waiting."""
@@ -48,8 +56,9 @@ class EngineStats:
             "items_per_s": round(self.items_per_s, 3),
             "bottleneck": self.bottleneck,
             "stages": [
-                {**asdict(s), "busy_s": round(s.busy_s, 3),
-                 "busy_share": round(s.busy_share(self.wall_s), 4)}
+                {**{k: v for k, v in asdict(s).items() if k != "batch_s"}, "busy_s": round(s.busy_s, 3),
+                 "busy_share": round(s.busy_share(self.wall_s), 4),
+                 "batch_p50_ms": s.batch_ms(50), "batch_p99_ms": s.batch_ms(99)}
                 for s in self.stages
             ],
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,16 +40,37 @@ class JobConfig(BaseModel):
 
     @classmethod
     def build(cls, **values):
-        """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            name = str(err["loc"][0]) if err["loc"] else "config"
-            flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
-            raise ConfigError(flag, err["msg"]) from None
+        return build_config(cls, values)
 
     def source_options(self, kinds: frozenset[str] = frozenset({"image"})) -> SourceOptions:
         return SourceOptions(kinds=kinds, id_column=self.id_column, image_column=self.image_column,
                              text_column=self.text_column, storage_options=self.storage_options,
                              allow_private_urls=self.allow_private_urls, max_bytes=self.max_bytes)
+
+
+def build_config(cls: type[BaseModel], values: dict):
+    """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "config"
+        flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
+        raise ConfigError(flag, err["msg"]) from None
+
+
+def with_config_file(cls: type[JobConfig], path: str | None, options: dict, given: set[str]) -> dict:
+    """``options`` (a command line's values) on top of the ``--config`` YAML's fields: the file's
+    values replace the defaults, the names in ``given`` (set on the command line) win over both.
+    A bad key or value stops here, naming the file and the field."""
+    if path is None:
+        return options
+    from ..serve.config import read_yaml_mapping
+
+    data = read_yaml_mapping(path)
+    name = Path(path).name
+    try:
+        cls.build(**{"input": "", "out": "", **data})
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc.field.lstrip('-').replace('-', '_').lower()}", exc.reason) from None
+    return {**options, **data, **{k: v for k, v in options.items() if k in given}}

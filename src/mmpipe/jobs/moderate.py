@@ -161,6 +161,11 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
     if clip is not None:
         stages.append(Stage("clip", lambda: ZeroShotBatch(policy, clip), batch_size=cfg.batch_size,
                             resources=model))
+    if categories_of(policy, "bank"):
+        from ..stages.bank import BankBatch, bank_categories
+
+        banks = bank_categories(policy)
+        stages.append(Stage("bank", lambda: BankBatch(banks), batch_size=cfg.batch_size))
     judge = policy.escalation.enabled
     stages.append(Stage("decide", lambda: DecideBatch(policy, keep_frames=judge), batch_size=16))
     if judge:
@@ -182,6 +187,7 @@ def moderation_schema(categories: Sequence[str]) -> pa.Schema:
         ("error", pa.string()), ("thumbnail", pa.binary()), ("width", pa.int32()),
         ("height", pa.int32()), ("duration_s", pa.float64()), ("frames", pa.int32()),
         ("text_truncated", pa.bool_()),
+        ("bank_match", pa.string()),  # JSON: the nearest bank entry of each matching bank category
     ])
 
 
@@ -204,6 +210,7 @@ def moderation_table(records: Sequence[Record], categories: Sequence[str]) -> pa
             "height": getattr(r, "height", None), "duration_s": out.get("duration_s"),
             "frames": out.get("frames"),
             "text_truncated": bool(out.get("text_truncated") or getattr(r, "text_truncated", False)),
+            "bank_match": out.get("bank_match"),
         })
     return pa.Table.from_pylist(rows, schema=moderation_schema(categories))
 

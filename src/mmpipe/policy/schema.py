@@ -9,10 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..bank.hashing import HASHES
 from ..judge.client import JudgeSettings
 
 MEDIA = ("image", "video", "text")
-VISUAL_SOURCES = ("open_nsfw", "clip")
+VISUAL_SOURCES = ("open_nsfw", "clip", "bank")
+# Hamming distances at which a hash matches a bank entry: PDQ's is Meta's recommended 31 of 256.
+MAX_DISTANCE = {"pdq": 31, "phash": 10}
 _NAME = re.compile(r"^[a-z][a-z0-9_/-]*$")
 
 
@@ -33,7 +36,7 @@ class Prompts(_Strict):
 
 class Category(_Strict):
     name: str
-    source: Literal["open_nsfw", "profanity", "words", "clip"]
+    source: Literal["open_nsfw", "profanity", "words", "clip", "bank"]
     media: list[Literal["image", "video", "text"]] = Field(min_length=1)
     review: float = Field(ge=0, le=1)
     block: float = Field(ge=0, le=2)  # above 1: never blocks, at most review
@@ -42,6 +45,9 @@ class Category(_Strict):
     patterns: list[str] = Field(default_factory=list)
     prompts: Prompts | None = None
     temperature: float = Field(100.0, gt=0)
+    bank: str | None = None  # source bank: the folder made by 'mmpipe bank add/import'
+    hash: Literal["pdq", "phash"] = "pdq"
+    max_distance: int | None = Field(None, ge=0, le=256)  # None: MAX_DISTANCE[hash]
 
     @field_validator("name")
     @classmethod
@@ -73,9 +79,20 @@ class Category(_Strict):
             raise ValueError("source 'clip' needs prompts: {positive: [...], negative: [...]}")
         if self.source != "clip" and self.prompts is not None:
             raise ValueError(f"prompts only apply to source 'clip', not {self.source!r}")
+        if self.source == "bank" and self.bank is None:
+            raise ValueError("source 'bank' needs bank: FOLDER (made by 'mmpipe bank add')")
+        if self.source != "bank" and (self.bank, self.max_distance) != (None, None):
+            raise ValueError(f"bank and max_distance only apply to source 'bank', not {self.source!r}")
+        bits = 8 * HASHES[self.hash]
+        if self.distance >= bits:
+            raise ValueError(f"max_distance must be below {bits}, the bits of a {self.hash} hash")
         if self.source in VISUAL_SOURCES and "text" in self.media:
             raise ValueError(f"source {self.source!r} scores pixels: media can be image and video, not text")
         return self
+
+    @property
+    def distance(self) -> int:
+        return MAX_DISTANCE[self.hash] if self.max_distance is None else self.max_distance
 
 
 class Escalation(JudgeSettings):
