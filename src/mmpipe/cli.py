@@ -276,6 +276,50 @@ def given(ctx: typer.Context) -> set[str]:
     return names | ({"storage_options"} if "storage_option" in names else set())
 
 
+bank_app = typer.Typer(no_args_is_help=True, help="Banks of perceptual hashes (PDQ, pHash) of known media, "
+                                                  "for policy categories with source: bank.")
+app.add_typer(bank_app, name="bank")
+
+
+@bank_app.command("add")
+def bank_add(
+    bank: str = typer.Argument(..., help="Bank folder (made if missing)."),
+    files: list[str] = typer.Argument(..., help="Image files to hash into the bank."),
+    label: Optional[str] = typer.Option(None, help="Label of these entries, reported with a match."),
+) -> None:
+    """Hash image files (PDQ and pHash) into a bank; adding a file again replaces its entry."""
+    from .bank import add_files
+
+    print_bank(add_files(bank, files, label))
+
+
+@bank_app.command("import")
+def bank_import(
+    bank: str = typer.Argument(..., help="Bank folder (made if missing)."),
+    csv_file: str = typer.Argument(..., help="CSV with a header: pdq (64 hex digits) and/or phash "
+                                             "(16), optional id, label, source."),
+) -> None:
+    """Import shared hashes (e.g. PDQ hex from ThreatExchange) into a bank."""
+    from .bank import import_csv
+
+    print_bank(import_csv(bank, csv_file))
+
+
+@bank_app.command("info")
+def bank_info(bank: str = typer.Argument(..., help="Bank folder.")) -> None:
+    """How many entries, hashes and labels a bank holds."""
+    from .bank import open_bank
+
+    print_bank(open_bank(bank))
+
+
+def print_bank(bank) -> None:
+    info = bank.info()
+    labels = ", ".join(f"{n} {label}" for label, n in info["labels"].items())
+    err.print(f"{bank.path}: {info['entries']} entries, {info['hashes']['pdq']} PDQ and "
+              f"{info['hashes']['phash']} pHash hashes; labels: {labels or 'none'}", markup=False)
+
+
 def parse_storage_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
