@@ -33,7 +33,7 @@ def tune(model: str, task: str, *, progress: bool | None = None, **options) -> T
     console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=progress is False)
     started = time.monotonic()
     with console.status(f"tune {opts.task}: preparing sample data and the model…"):
-        spec = TASKS[opts.task](opts, scratch(out))
+        job = TASKS[opts.task](opts, scratch(out))
     trials: list[Trial] = []
 
     def show(t: Trial) -> None:
@@ -42,11 +42,11 @@ def tune(model: str, task: str, *, progress: bool | None = None, **options) -> T
         console.print(f"[{len(trials)}] {report.label(t.config) or 'default'}: {figures}", markup=False)
 
     try:
-        sweep(spec, opts.budget_minutes * 60 - (time.monotonic() - started),
+        sweep(job, opts.budget_minutes * 60 - (time.monotonic() - started),
                           on_trial=lambda t: (trials.append(t), show(t)))
     finally:  # an interrupted sweep still leaves what it measured
         winner = best(trials)
-        chosen = spec.best_config(winner.config) if winner else None
+        chosen = job.best_config(winner.config) if winner else None
         meta = {"task": opts.task, "model": opts.model, "options": opts.model_dump(mode="json"),
                 "best": chosen, "elapsed_s": round(time.monotonic() - started, 1)}
         files = {"json": report.write_json(trials, meta, out / "tune.json"),

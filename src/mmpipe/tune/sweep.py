@@ -137,10 +137,13 @@ def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambd
                 record(Trial(config, "skipped", stopped, accuracy=gated.accuracy))
             else:
                 trial = run(config, gated.accuracy)
-                if trial.status != "ok" or (last is not None and not _improves(trial, last)):
+                if trial.status == "skipped":  # the budget ran out
+                    stopped = trial.reason
+                elif trial.status == "error":  # e.g. out of memory: larger batches would fail too
+                    stopped = f"not grown past {task.batch_field} {size}, which failed"
+                elif last is not None and not _improves(trial, last):
                     stopped = (f"dominated: {task.batch_field} {size} was not > {GAIN:.0%} better "
-                               f"than {last.config[task.batch_field]}" if trial.status == "ok" and last
-                               else f"not grown past {task.batch_field} {size} ({trial.status})")
+                               f"than {last.config[task.batch_field]}")
                 last = trial
     leader = best(trials)
     if leader is not None:

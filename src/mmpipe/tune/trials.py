@@ -97,9 +97,14 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
         return _job_measurement(out, "embed", peak)
 
     measure({})  # warm-up, not recorded: the first run in a process pays for imports and caches
-    return Task("embed", _variants(opts), "batch_size", opts.batch_sizes or [4, 8, 16, 32, 64, 128],
+    return Task("embed", _variants(opts), "batch_size", _sizes(opts, [4, 8, 16, 32, 64, 128]),
                 [{"decode_workers": n} for n in (1, 4)], check, measure,
                 lambda config: {**base, **config})
+
+
+def _sizes(opts: TuneOptions, default: list[int]) -> list[int]:
+    """The batch sizes to try; a batch larger than the sample set would only measure the sample."""
+    return [b for b in opts.batch_sizes or default if b <= opts.items] or [opts.items]
 
 
 def _variants(opts: TuneOptions) -> list[dict]:
@@ -144,7 +149,7 @@ def moderate_task(opts: TuneOptions, work: Path) -> Task:
 
     measure({})  # warm-up, as for embed
     return Task("moderate", [{"nsfw_precision": p} for p in ("fp32", "int8")], "batch_size",
-                opts.batch_sizes or [4, 8, 16, 32, 64],
+                _sizes(opts, [4, 8, 16, 32, 64]),
                 [{"model_threads": 2}, {"ocr_workers": 1}, {"ocr_workers": 3}, {"decode_workers": 1},
                  {"decode_workers": 4}], check, measure, dict)
 
