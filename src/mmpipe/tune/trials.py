@@ -5,7 +5,10 @@ Peak memory is the measured process's resident set, sampled while it runs."""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -51,6 +54,8 @@ class PeakRss:
         return round(self.peak / 2**20, 1)
 
     def __enter__(self) -> "PeakRss":
+        if self.process.pid == os.getpid():
+            _release_freed_memory()
         self.peak = self.process.memory_info().rss
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -59,6 +64,15 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _release_freed_memory() -> None:
+    """Hand what earlier trials freed back to the OS, so that a trial's peak is mostly its own."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _job_measurement(out: Path, stage: str, peak: PeakRss) -> Measurement:
