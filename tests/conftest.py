@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,19 @@ def image_dir(tmp_path) -> Path:
         if i % 2 == 0:
             target.with_suffix(".txt").write_text(f"a picture number {i}")
     return folder
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler: no access log on stderr, and whole-body replies."""
+
+    def send_body(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
 
 
 @contextmanager

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import socket
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from mmpipe import net
 from mmpipe.net import MAX_REDIRECTS, UnsafeURLError, check_url, fetch_url
-from tests.conftest import local_http_server
+from tests.conftest import QuietHandler, local_http_server
 
 BODY = b"hello from the test server"
 CAP = 1000
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     # HTTP/1.0: a body without Content-Length ends when the connection closes.
     requests: list[str] = []
 
@@ -25,7 +24,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         if parts.path == "/ok":
-            self._send(200, BODY)
+            self.send_body(200, BODY)
         elif parts.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", query["to"][0])
@@ -35,7 +34,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", "/loop")
             self.end_headers()
         elif parts.path == "/declared-large":
-            self._send(200, b"x" * (CAP + 1))
+            self.send_body(200, b"x" * (CAP + 1))
         elif parts.path == "/undeclared-large":
             self.send_response(200)
             self.end_headers()
@@ -47,16 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"x" * (CAP * 3))
         else:
-            self._send(404, b"not here")
+            self.send_body(404, b"not here")
 
-    def _send(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import tarfile
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 
 import mmpipe
 from mmpipe import ConfigError
-from conftest import local_http_server, photo
+from conftest import QuietHandler, local_http_server, photo
 
 SIZE = (96, 64)  # photo()'s default size
 
@@ -440,7 +439,7 @@ def test_s3_urls_in_a_local_manifest_and_s3_shards(s3, tiny_model_spec, tmp_path
 # ----------------------------------------------------------------------------------- HTTP
 
 
-class _ImageHandler(BaseHTTPRequestHandler):
+class _ImageHandler(QuietHandler):
     files: dict[str, bytes] = {}
     requests: list[str] = []
 
@@ -452,14 +451,10 @@ class _ImageHandler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = self.files.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        body = body if body is not None else b"not found"
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        if body is None:
+            self.send_body(404, b"not found")
+        else:
+            self.send_body(200, body)
 
 
 @pytest.fixture(scope="module")
