@@ -33,7 +33,7 @@ from .local import apply_to_healthy
 from .stats import EngineStats, StageStats
 
 _END = "__mmpipe_end__"
-_RESERVED_CPUS = 1.0
+_TASK_CPUS = 1.0  # what Ray Data's own tasks (block cutting) ask for
 T = TypeVar("T")
 RECORD = "record"
 
@@ -151,21 +151,21 @@ def connect(address: str | None) -> bool:
 
 
 def cpu_fit(stages: Sequence[Stage], cpus: float) -> float:
-    """The factor on every stage's CPU request that lets one worker of each stage run at once.
+    """The factor on the model stages' CPU requests that leaves room for tasks.
 
-    Each model stage keeps at least one actor and each stateless stage needs a task slot; on a
-    cluster smaller than that sum (a laptop) the pipeline would wait forever for CPUs. Ray's
-    CPUs are logical, so the requests shrink to fit and the cores are shared, as the local
-    engine's threads share them. One CPU stays free for the tasks that cut the listing into
-    blocks (Ray Data runs them with a whole CPU each). On a cluster big enough the requests
-    stay as the stages say.
+    Model actors hold their CPUs for the whole run; tasks (reading, decoding, and Ray Data's
+    own block cutting, which takes a whole CPU) come and go. On a cluster smaller than one actor
+    per model stage plus one task (a laptop) the tasks would wait forever, so the actors' requests
+    shrink to leave one task's worth free: Ray's CPUs are logical, and the cores are shared as
+    the local engine's threads share them. On a cluster big enough the requests stay as the
+    stages say.
     """
-    need = sum(s.resources.num_cpus for s in stages)
-    free = cpus - _RESERVED_CPUS
-    if free <= 0:
+    task_room = max([_TASK_CPUS] + [s.resources.num_cpus for s in stages if s.stateless])
+    actors = sum(s.resources.num_cpus for s in stages if not s.stateless)
+    if cpus <= task_room:
         raise ConfigError("--engine", f"the Ray cluster has {cpus:g} CPUs; it needs more than "
-                                      f"{_RESERVED_CPUS:g}")
-    return min(1.0, free / need) if need > 0 else 1.0
+                                      f"{task_room:g}")
+    return min(1.0, (cpus - task_room) / actors) if actors > 0 else 1.0
 
 
 def _workers(stage: Stage, cluster: dict) -> int:
@@ -190,7 +190,7 @@ def _fused(stages: Sequence[Stage]) -> list[list[Stage]]:
 
 
 def _map(ds: ray.data.Dataset, group: list[Stage], fit: float) -> ray.data.Dataset:
-    cpus = max(s.resources.num_cpus for s in group) * fit
+    cpus = max(s.resources.num_cpus for s in group) * (1.0 if group[0].stateless else fit)
     args = dict(batch_format="numpy", zero_copy_batch=True, num_cpus=cpus)
     if group[0].stateless:
         # Whole blocks: per-item stages gain nothing from smaller calls. No concurrency cap:
