@@ -33,6 +33,8 @@ bench: dev  # the engines benchmark needs the ray extra
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/serve_memory.py
 	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/hash_match.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo_data
