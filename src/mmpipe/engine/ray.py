@@ -1,7 +1,7 @@
 """The Ray engine: the same stage list as a streaming Ray Data pipeline, on a Ray cluster.
 
-Records enter through a bounded queue fed by the job's listing (so the input is never
-materialised, however long the listing), stateless stages (reading, decoding) run as CPU tasks
+Records enter through a bounded queue fed by the job's listing (so the input is never held
+whole: at most a block of listed records at a time), stateless stages (reading, decoding) run as CPU tasks
 spread over the cluster, every model stage is an elastic actor pool whose actors each call the
 stage's ``setup`` once and own their model, and results stream back to this process, where the
 job's sink writes shards and the commit log as with the local engine: the output layout and the
