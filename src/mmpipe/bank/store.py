@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from ..errors import MmpipeError
+from ..tune.cache import atomic_path
 from .hashing import HASHES, hash_image
 
 ENTRIES = "entries.parquet"
@@ -144,16 +144,12 @@ def _extend(path: str | Path, entries: list[BankEntry]) -> Bank:
     kept = bank.table.filter(pc.invert(pc.is_in(bank.table["id"], ids)))
     table = pa.concat_tables([kept, new])
     bank.path.mkdir(parents=True, exist_ok=True)
-    _write(bank.path / ENTRIES, lambda tmp: pq.write_table(table, tmp))
+    with atomic_path(bank.path / ENTRIES) as tmp:
+        pq.write_table(table, tmp)
     manifest = {"version": 1, "entries": len(set(table["id"].to_pylist())), "rows": table.num_rows,
                 "hashes": {k: table.num_rows - table[k].null_count for k in HASHES},
                 "labels": dict(Counter(label or "(no label)" for label in
                                    dict(zip(table["id"].to_pylist(), table["label"].to_pylist())).values()))}
-    _write(bank.path / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2)))
+    with atomic_path(bank.path / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2))
     return Bank(bank.path, table)
-
-
-def _write(target: Path, write) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, target)
