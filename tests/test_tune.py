@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import yaml
@@ -180,3 +181,15 @@ def test_bad_tune_arguments_exit_2(capsys):
     assert caught.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mmpipe: error: --task"), lines
+
+
+def test_serve_trials_run_a_real_server_process_and_stop_it(tiny_model_spec, tmp_path):
+    from mmpipe.serve.process import serve_process
+
+    opts = TuneOptions(model=tiny_model_spec, task="serve")
+    with serve_process(serve_yaml(opts, {"max_batch_size": 4}), tmp_path) as (url, proc):
+        request = urllib.request.Request(url + "/v1/embeddings", data=json.dumps({"input": ["a dog"]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert len(json.loads(resp.read())["data"][0]["embedding"]) > 0
+    assert proc.poll() is not None  # stopped on leaving the block

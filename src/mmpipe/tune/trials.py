@@ -9,18 +9,10 @@ import ctypes
 import gc
 import json
 import os
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import psutil
-import yaml
 
 from ..errors import ConfigError
 from .accuracy import Accuracy, Gate
@@ -170,9 +162,10 @@ def moderate_task(opts: TuneOptions, work: Path) -> Task:
 
 def serve_task(opts: TuneOptions, work: Path) -> Task:
     from ..loadtest import run_load
+    from ..serve.process import serve_process
 
     def measure(config: dict) -> Measurement:
-        with _server(opts, config, work) as (url, proc), PeakRss(proc.pid) as peak:
+        with serve_process(serve_yaml(opts, config), work) as (url, proc), PeakRss(proc.pid) as peak:
             result = run_load(url, "embeddings", opts.rate, opts.seconds, warmup_s=1.0, timeout_s=30,
                               progress=False)
         if result.non_200_share > 0.01:
@@ -193,34 +186,6 @@ def serve_yaml(opts: TuneOptions, config: dict) -> dict:
         size = batching.get("max_batch_size", 32)
         batching["buckets"] = [1 << i for i in range(size.bit_length()) if 1 << i < size] + [size]
     return {"embeddings": {"model": opts.model, "device": opts.device, **batching}}
-
-
-@contextmanager
-def _server(opts: TuneOptions, config: dict, work: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    path = work / f"serve-{port}.yaml"
-    path.write_text(yaml.safe_dump({**serve_yaml(opts, config), "port": port}))
-    proc = subprocess.Popen([sys.executable, "-m", "mmpipe.cli", "serve", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited: {proc.stderr.read().strip()[-300:]}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not start in 120 s") from None
-                time.sleep(0.2)
-        yield url, proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 TASKS = {"embed": embed_task, "moderate": moderate_task, "serve": serve_task}
