@@ -13,6 +13,11 @@ class ConfigError(MmpipeError):
         self.reason = reason
         super().__init__(f"{field}: {reason}")
 
+    @property
+    def key(self) -> str:
+        """The field as a config file names it: ``--max-pixels`` → ``max_pixels``, ``INPUT`` → ``input``."""
+        return self.field.lstrip("-").replace("-", "_").lower()
+
 
 class ModelLoadError(MmpipeError):
     """A model spec that cannot be loaded (missing checkpoint, unreachable hub, pickle weights)."""

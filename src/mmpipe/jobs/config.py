@@ -72,5 +72,5 @@ def with_config_file(cls: type[JobConfig], path: str | None, options: dict, give
     try:
         cls.build(**{"input": "", "out": "", **data})
     except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc.field.lstrip('-').replace('-', '_').lower()}", exc.reason) from None
+        raise ConfigError(f"{name}: {exc.key}", exc.reason) from None
     return {**options, **data, **{k: v for k, v in options.items() if k in given}}

@@ -54,7 +54,7 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
                               runtime=e.runtime, min_cosine=e.min_cosine, allow_pickle=e.allow_pickle,
                               max_pixels=config.max_pixels)
         except ConfigError as exc:  # named as the job's flag; here it is a field of the config
-            raise ConfigError(f"embeddings.{exc.field.lstrip('-').replace('-', '_')}", exc.reason) from None
+            raise ConfigError(f"embeddings.{exc.key}", exc.reason) from None
         clip = gated_clip(job)
         return EmbeddingModel(served_model(name, embed_stages(clip, job)), spec, clip.dim,
                               clip.preprocessor.text, True, e)
