@@ -21,9 +21,9 @@ from PIL import Image
 TINY_IMAGE = 32
 
 
-def save_tiny_clip(folder: Path, vision_layers: int = 2) -> Path:
+def save_tiny_clip(folder: Path, vision_layers: int = 2, seed: int = 1234) -> Path:
     """A tiny CLIP (2 text layers, ``vision_layers`` image layers) saved as safetensors +
-    tokenizer + preprocessor config, like a hub repo."""
+    tokenizer + preprocessor config, like a hub repo; ``seed`` picks its random weights."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -39,7 +39,7 @@ def save_tiny_clip(folder: Path, vision_layers: int = 2) -> Path:
         vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                            num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8),
         projection_dim=16)
-    torch.manual_seed(1234)
+    torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps({
