@@ -173,3 +173,134 @@ def test_the_multi_index_finds_what_the_scan_finds():
     matched, matched_d = matcher.nearest(queries, within=31)
     assert (matched == np.where(distance <= 31, index, -1)).all()
     assert (matched_d[matched >= 0] == distance[matched >= 0]).all() and 0 < (matched >= 0).sum() < 100
+
+
+# Tiny random CLIP puts any two different photos close together (0.76-0.998 measured among the
+# sample photos) and JPEG q30 or half-size copies within 1e-4 of 1, so 0.9995 is where this
+# model separates them; the policy's default (0.9) is for real checkpoints.
+TINY_CLIP_COPY = 0.9995
+COPIES = ("jpeg-q30", "half-size")
+
+
+@pytest.fixture(scope="module")
+def clip_bank(photos, tiny_model_spec, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip-bank") / "known"
+    files = [str(p) for name, p in photos.items() if name != "synthetic"]
+    proc = subprocess.run([*CLI, "bank", "add", str(path), *files, "--label", "known-bad",
+                           "--clip-model", tiny_model_spec], capture_output=True, text=True)
+    assert proc.returncode == 0 and "7 CLIP vectors" in proc.stderr, proc.stderr
+    return path
+
+
+def _unrelated() -> list[Image.Image]:
+    return [img.convert("RGB") for source, img, _, _ in sample_photos(21, size=(320, 240))
+            if source.file not in BANKED]
+
+
+def test_a_clip_bank_records_its_model_and_a_vector_per_file(clip_bank, tiny_clip):
+    banked = open_bank(clip_bank)
+    assert banked.info()["clip"] == {"model": f"path:{tiny_clip.resolve()}", "dim": 16, "vectors": 7}
+    rows, vectors = banked.vectors()
+    assert [banked.entry(int(r))["variant"] for r in rows] == ["full"] * 7
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert banked.hashes("pdq")[0].tolist() == list(range(len(banked)))  # hashes as before
+
+
+def test_copies_match_by_clip_similarity_and_unrelated_photos_do_not(clip_bank, photos, tiny_model_spec):
+    from mmpipe.bank import VectorMatcher
+    from mmpipe.models import load_clip
+
+    clip = load_clip(tiny_model_spec)
+    embedder = clip.make_embedder()
+    banked = open_bank(clip_bank)
+    rows, vectors = banked.vectors()
+    matcher = VectorMatcher(vectors)
+
+    def nearest(images):
+        return matcher.nearest(embedder.embed_images(np.stack([clip.preprocessor.image(i) for i in images])))
+
+    originals = {str(p): Image.open(p).convert("RGB") for n, p in photos.items() if n != "synthetic"}
+    for edit in COPIES:
+        index, similarity = nearest([EDITS[edit](img) for img in originals.values()])
+        found = [banked.entry(int(rows[i]))["source"] for i in index]
+        assert found == list(originals) and (similarity >= TINY_CLIP_COPY).all(), (edit, similarity)
+    _, similarity = nearest(_unrelated())
+    assert (similarity < TINY_CLIP_COPY).all(), similarity.tolist()
+
+
+def test_adding_with_another_model_names_both_and_changes_nothing(clip_bank, photos, tiny_clip, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_clip, tmp_path / "other-clip")  # same weights, another model spec
+    before = open_bank(clip_bank).table
+    proc = subprocess.run([*CLI, "bank", "add", str(clip_bank), str(photos["coins.png"]),
+                           "--clip-model", f"path:{other}"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mmpipe: error: {clip_bank}: its CLIP vectors are from path:{tiny_clip.resolve()}, not "
+        f"path:{other}; add with --clip-model path:{tiny_clip.resolve()}, or make a new bank for "
+        f"path:{other}"]
+    assert open_bank(clip_bank).table.equals(before)
+
+
+def _clip_policy(path: Path, bank: Path, extra: str = "") -> Path:
+    path.write_text(f"categories:\n  - name: known-bad\n    source: bank\n    bank: {bank}\n"
+                    f"    hash: clip\n{extra}    media: [image, video]\n    review: 1.0\n    block: 1.0\n")
+    return path
+
+
+@pytest.mark.parametrize("extra, error", [
+    ("    max_distance: 10\n", "max_distance applies to hash pdq and phash"),
+    ("    min_similarity: 1.5\n", "less than or equal to 1"),
+])
+def test_clip_category_misuse_is_a_policy_error(tmp_path, clip_bank, extra, error):
+    from mmpipe.policy import load_policy
+
+    with pytest.raises(Exception, match=error):
+        load_policy(str(_clip_policy(tmp_path / "p.yaml", clip_bank, extra)))
+    pdq_with_similarity = tmp_path / "q.yaml"
+    pdq_with_similarity.write_text(f"categories:\n  - {{name: x, source: bank, bank: {clip_bank}, "
+                                   "min_similarity: 0.9, media: [image], review: 1.0, block: 1.0}\n")
+    with pytest.raises(Exception, match="min_similarity applies to hash 'clip'"):
+        load_policy(str(pdq_with_similarity))
+
+
+def test_a_clip_category_needs_a_bank_with_vectors_and_the_banks_model(tmp_path, bank, clip_bank, tiny_clip):
+    from mmpipe.bank import BankError
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(BankError, match="no CLIP vectors"):
+        mmpipe.moderate(str(tmp_path / "in"), str(tmp_path / "o"), progress=False,
+                        policy=str(_clip_policy(tmp_path / "p.yaml", bank)))
+    proc = subprocess.run([*CLI, "moderate", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                           "--policy", str(_clip_policy(tmp_path / "p.yaml", clip_bank)),
+                           "--clip-model", "random:ViT-B-32"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"mmpipe: error: --clip-model: random:ViT-B-32 is not path:{tiny_clip.resolve()}, the model "
+        "of the bank vectors that the policy's hash: clip categories match; pass that, or leave "
+        "--clip-model out to use it"]
+
+
+def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_the_entry(
+        clip_bank, photos, tiny_clip, tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _jpeg(Image.open(photos["coffee.png"]).convert("RGB"), 30).save(inputs / "copy.jpg")
+    _unrelated()[0].save(inputs / "unrelated.png")
+    policy = _clip_policy(tmp_path / "policy.yaml", clip_bank, f"    min_similarity: {TINY_CLIP_COPY}\n")
+    policy.write_text(policy.read_text() + "  - {name: fight, source: clip, media: [image], review: 1.0, "
+                      "block: 2.0, prompts: {positive: [a fight], negative: [a photo]}}\n")
+    monkeypatch.chdir(tiny_clip.parent)  # the bank's model, named by a relative path
+    result = mmpipe.moderate(str(inputs), str(tmp_path / "out"), policy=str(policy), progress=False,
+                             clip_model=f"path:{tiny_clip.name}")
+    assert [s.name for s in result.stats.stages] == ["read", "decode", "clip", "bank", "decide"]
+    rows = {r["id"]: r for r in mmpipe.read_output(tmp_path / "out").to_pylist()}
+    assert rows["unrelated.png"]["action"] == "allow" and rows["unrelated.png"]["bank_match"] is None
+    assert rows["copy.jpg"]["action"] == "block", rows["copy.jpg"]
+    assert 0 < rows["copy.jpg"]["score_fight"] < 1  # zero-shot scored from the same vectors
+    match, = json.loads(rows["copy.jpg"]["bank_match"])
+    assert match["source"] == str(photos["coffee.png"]) and match["hash"] == "clip"
+    assert match["similarity"] >= TINY_CLIP_COPY and "distance" not in match
+    assert any(r.startswith("known-bad: matched 'bank entry ") and "at clip similarity" in r
+               for r in rows["copy.jpg"]["reasons"])

@@ -356,8 +356,8 @@ def search(
         err.print(f"results: {html}", markup=False)
 
 
-bank_app = typer.Typer(no_args_is_help=True, help="Banks of perceptual hashes (PDQ, pHash) of known media, "
-                                                  "for policy categories with source: bank.")
+bank_app = typer.Typer(no_args_is_help=True, help="Banks of perceptual hashes (PDQ, pHash) and CLIP vectors "
+                                                  "of known media, for policy categories with source: bank.")
 app.add_typer(bank_app, name="bank")
 
 
@@ -366,11 +366,18 @@ def bank_add(
     bank: str = typer.Argument(..., help="Bank folder (made if missing)."),
     files: list[str] = typer.Argument(..., help="Image files to hash into the bank."),
     label: Optional[str] = typer.Option(None, help="Label of these entries, reported with a match."),
+    clip_model: Optional[str] = typer.Option(None, help="Also store each file's CLIP image vector from "
+                                             "this checkpoint, for hash: clip categories (one model a bank)."),
 ) -> None:
     """Hash image files (PDQ and pHash) into a bank; adding a file again replaces its entry."""
     from .bank import add_files
 
-    print_bank(add_files(bank, files, label))
+    clip = None
+    if clip_model is not None:
+        from .models import ModelSpec, load_clip
+
+        clip = load_clip(ModelSpec.parse(clip_model, "--clip-model"))
+    print_bank(add_files(bank, files, label, clip=clip))
 
 
 @bank_app.command("import")
@@ -396,8 +403,10 @@ def bank_info(bank: str = typer.Argument(..., help="Bank folder.")) -> None:
 def print_bank(bank) -> None:
     info = bank.info()
     labels = ", ".join(f"{n} {label}" for label, n in info["labels"].items())
+    clip = info.get("clip")
+    vectors = f", {clip['vectors']} CLIP vectors ({clip['model']})" if clip else ""
     err.print(f"{bank.path}: {info['entries']} entries, {info['hashes']['pdq']} PDQ and "
-              f"{info['hashes']['phash']} pHash hashes; labels: {labels or 'none'}", markup=False)
+              f"{info['hashes']['phash']} pHash hashes{vectors}; labels: {labels or 'none'}", markup=False)
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

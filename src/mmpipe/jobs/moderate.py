@@ -21,8 +21,8 @@ from ..sources.options import MEDIA_KINDS
 from ..stage import Resources, Stage
 from ..stages.common import per_item, read_stage
 from ..stages.media import MediaOptions, decode_media
-from ..stages.moderation import (DecideBatch, JudgeBatch, NsfwBatch, OcrBatch, TextBatch,
-                                 ZeroShotBatch, categories_of)
+from ..stages.moderation import (ClipBatch, DecideBatch, JudgeBatch, NsfwBatch, OcrBatch, TextBatch,
+                                 categories_of)
 from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
@@ -34,7 +34,8 @@ class ModerateConfig(JobConfig):
     """Every option of ``mmpipe moderate``; field names are the CLI flags with dashes."""
 
     policy: str | None = None  # None: the default policy shipped with mmpipe
-    clip_model: str | None = None  # needed by policy categories with source: clip
+    # Needed by policy categories with source: clip; hash: clip bank categories use their bank's.
+    clip_model: str | None = None
     batch_size: int = Field(16, ge=1, le=1024)
     model_threads: int = Field(1, ge=1, le=256)
     fps: float = Field(1.0, gt=0, le=60)
@@ -119,16 +120,25 @@ def nsfw_variant(policy: Policy, cfg: ModerateConfig) -> dict | None:
 
 
 def load_policy_clip(cfg: ModerateConfig, policy: Policy):
-    if not categories_of(policy, "clip"):
+    """The one CLIP model of the policy's zero-shot categories and of its hash: clip bank
+    categories (whose banks record the model of their vectors): --clip-model, or else the banks'."""
+    from ..bank import model_key
+    from ..models import ModelSpec, load_clip
+    from ..stages.bank import clip_bank_model
+
+    banked = clip_bank_model(policy)
+    if not categories_of(policy, "clip") and banked is None:
         return None
-    if cfg.clip_model is None:
+    if cfg.clip_model is None and banked is None:
         raise ConfigError("--clip-model", "the policy has zero-shot (source: clip) categories "
                           f"({', '.join(c.name for c in categories_of(policy, 'clip'))}); "
                           "pass a CLIP checkpoint, e.g. --clip-model path:DIR")
-    from ..models import load_clip
-
-    return load_clip(cfg.clip_model, cfg.device, "fp32", cfg.allow_pickle,
-                     device_here=cfg.engine == "local")
+    spec = ModelSpec.parse(cfg.clip_model or banked, "--clip-model")
+    if banked is not None and model_key(spec) != banked:
+        raise ConfigError("--clip-model", f"{spec} is not {banked}, the model of the bank vectors "
+                          "that the policy's hash: clip categories match; pass that, or leave "
+                          "--clip-model out to use it")
+    return load_clip(spec, cfg.device, "fp32", cfg.allow_pickle, device_here=cfg.engine == "local")
 
 
 def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[Stage]:
@@ -159,8 +169,9 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
     if text_sources:
         stages.append(Stage("text", lambda: TextBatch(policy), batch_size=64))
     if clip is not None:
-        stages.append(Stage("clip", lambda: ZeroShotBatch(policy, clip), batch_size=cfg.batch_size,
-                            resources=model))
+        vectors = any(c.hash == "clip" for c in categories_of(policy, "bank"))
+        stages.append(Stage("clip", lambda: ClipBatch(policy, clip, keep_vectors=vectors),
+                            batch_size=cfg.batch_size, resources=model))
     if categories_of(policy, "bank"):
         from ..stages.bank import BankBatch, bank_categories
 

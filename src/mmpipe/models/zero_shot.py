@@ -22,7 +22,11 @@ class ZeroShotClip:
             self.categories[name] = (np.asarray(vectors, np.float32), len(positive), scale)
 
     def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        images = np.asarray(self.embedder.embed_images(pixels), np.float32)
+        return self.score_vectors(self.embedder.embed_images(pixels))
+
+    def score_vectors(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Scores of images already embedded (unit rows), e.g. shared with a bank's matching."""
+        images = np.asarray(images, np.float32)
         out = {}
         for name, (prompts, n_positive, scale) in self.categories.items():
             logits = images @ prompts.T * scale

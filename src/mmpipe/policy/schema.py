@@ -16,6 +16,11 @@ MEDIA = ("image", "video", "text")
 VISUAL_SOURCES = ("open_nsfw", "clip", "bank")
 # Hamming distances at which a hash matches a bank entry: PDQ's is Meta's recommended 31 of 256.
 MAX_DISTANCE = {"pdq": 31, "phash": 10}
+# Cosine similarity at which a frame's CLIP image vector matches a bank entry's (hash: clip).
+# CLIP keeps re-encoded and resized copies of an image close to 1 and photos that only share a
+# subject lower, so 0.9 leans to copies; it is a starting point, not a figure measured here (the
+# tests' CLIP is tiny and random): check your model's copies (bank_match shows each similarity).
+MIN_SIMILARITY = 0.9
 _NAME = re.compile(r"^[a-z][a-z0-9_/-]*$")
 
 
@@ -46,8 +51,9 @@ class Category(_Strict):
     prompts: Prompts | None = None
     temperature: float = Field(100.0, gt=0)
     bank: str | None = None  # source bank: the folder made by 'mmpipe bank add/import'
-    hash: Literal["pdq", "phash"] = "pdq"
-    max_distance: int | None = Field(None, ge=0, le=256)  # None: MAX_DISTANCE[hash]
+    hash: Literal["pdq", "phash", "clip"] = "pdq"  # clip: the bank's CLIP vectors, by cosine
+    max_distance: int | None = Field(None, ge=0, le=256)  # pdq, phash; None: MAX_DISTANCE[hash]
+    min_similarity: float | None = Field(None, gt=-1, le=1)  # clip; None: MIN_SIMILARITY
 
     @field_validator("name")
     @classmethod
@@ -81,11 +87,18 @@ class Category(_Strict):
             raise ValueError(f"prompts only apply to source 'clip', not {self.source!r}")
         if self.source == "bank" and self.bank is None:
             raise ValueError("source 'bank' needs bank: FOLDER (made by 'mmpipe bank add')")
-        if self.source != "bank" and (self.bank, self.max_distance) != (None, None):
-            raise ValueError(f"bank and max_distance only apply to source 'bank', not {self.source!r}")
-        bits = 8 * HASHES[self.hash]
-        if self.distance >= bits:
-            raise ValueError(f"max_distance must be below {bits}, the bits of a {self.hash} hash")
+        # By value, not by the fields set: a policy is re-validated from its full dump, where
+        # every category has the default hash.
+        bank_only = [k for k in ("bank", "max_distance", "min_similarity") if getattr(self, k) is not None]
+        bank_only += ["hash"] if self.hash != "pdq" else []
+        if self.source != "bank" and bank_only:
+            raise ValueError(f"{', '.join(sorted(bank_only))} only apply to source 'bank', not {self.source!r}")
+        if self.hash == "clip" and self.max_distance is not None:
+            raise ValueError("max_distance applies to hash pdq and phash; hash 'clip' matches by min_similarity")
+        if self.hash != "clip" and self.min_similarity is not None:
+            raise ValueError(f"min_similarity applies to hash 'clip'; hash {self.hash!r} matches by max_distance")
+        if self.hash != "clip" and self.distance >= 8 * HASHES[self.hash]:
+            raise ValueError(f"max_distance must be below {8 * HASHES[self.hash]}, the bits of a {self.hash} hash")
         if self.source in VISUAL_SOURCES and "text" in self.media:
             raise ValueError(f"source {self.source!r} scores pixels: media can be image and video, not text")
         return self
@@ -93,6 +106,10 @@ class Category(_Strict):
     @property
     def distance(self) -> int:
         return MAX_DISTANCE[self.hash] if self.max_distance is None else self.max_distance
+
+    @property
+    def similarity(self) -> float:
+        return MIN_SIMILARITY if self.min_similarity is None else self.min_similarity
 
 
 class Escalation(JudgeSettings):

@@ -5,7 +5,8 @@ Every stage works on a batch of ``Decoded`` records and adds to ``record.outputs
 - ``frame_scores[category]``: one score per frame (NSFW, zero-shot CLIP, and text categories
   on each frame's OCR text);
 - ``text_scores[category]``: the score of the item's own text (a text item, or a caption);
-- ``ocr``: the text read in each frame; ``matches[category]``: the words a list matched.
+- ``ocr``: the text read in each frame; ``matches[category]``: the words a list matched;
+- ``vectors:clip``: each frame's CLIP image vector, for the bank stage's clip categories.
 
 The decision stage turns those into per-category item scores, segments, an action and reasons,
 and drops the frames so that the sink buffers only small rows.
@@ -26,6 +27,8 @@ from .media import jpeg
 
 THUMB_SIDE = 160
 VISUAL = ("image", "video")
+# Not a category name (those have no colon), so it cannot meet one in score dicts.
+FRAME_VECTORS = "vectors:clip"
 
 
 def categories_of(policy: Policy, *sources: str) -> list:
@@ -38,18 +41,23 @@ def _visual(batch: Sequence[Decoded]) -> list[Decoded]:
 
 def _score_frames(batch: Sequence[Decoded], key: str, score) -> None:
     """Run ``score`` once over the prepared inputs ``key`` of every frame in the batch; give each
-    record its slice as ``frame_scores``. Inputs are dropped only after success, because a
-    failed batch is retried item by item."""
+    record its slice as ``frame_scores`` (and of ``FRAME_VECTORS``, when ``score`` returns them,
+    as ``outputs[FRAME_VECTORS]``). Inputs are dropped only after success, because a failed
+    batch is retried item by item."""
     records = _visual(batch)
     if not records:
         return
     scores = score(np.concatenate([r.outputs[key] for r in records]))
+    vectors = scores.pop(FRAME_VECTORS, None)
     start = 0
     for r in records:
         del r.outputs[key]
+        frames = slice(start, start + len(r.frames))
         frame_scores = r.outputs.setdefault("frame_scores", {})
         for name, values in scores.items():
-            frame_scores[name] = values[start:start + len(r.frames)]
+            frame_scores[name] = values[frames]
+        if vectors is not None:
+            r.outputs[FRAME_VECTORS] = vectors[frames]
         start += len(r.frames)
 
 
@@ -133,20 +141,29 @@ def _record_text_score(r: Decoded, name: str, frame: int | None, score: float) -
         r.outputs["frame_scores"][name][frame] = max(r.outputs["frame_scores"][name][frame], score)
 
 
-class ZeroShotBatch:
-    """Categories defined by CLIP prompts, scored on every frame."""
+class ClipBatch:
+    """Every frame through the CLIP image tower once: categories defined by CLIP prompts are
+    scored here, and with ``keep_vectors`` the vectors stay on the record for the bank stage's
+    clip categories."""
 
-    def __init__(self, policy: Policy, clip):
+    def __init__(self, policy: Policy, clip, keep_vectors: bool = False):
         from ..models.zero_shot import ZeroShotClip
 
         cats = categories_of(policy, "clip")
-        self.model = ZeroShotClip(clip.make_embedder(), clip.preprocessor,
-                                  {c.name: (c.prompts.positive, c.prompts.negative) for c in cats},
-                                  temperature={c.name: c.temperature for c in cats})
+        self.embedder = clip.make_embedder()
+        self.zero_shot = ZeroShotClip(self.embedder, clip.preprocessor,
+                                      {c.name: (c.prompts.positive, c.prompts.negative) for c in cats},
+                                      temperature={c.name: c.temperature for c in cats})
+        self.keep_vectors = keep_vectors
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
-        _score_frames(batch, "input:clip", self.model.score)
+        _score_frames(batch, "input:clip", self.score)
         return list(batch)
+
+    def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        vectors = self.embedder.embed_images(pixels)
+        scores = self.zero_shot.score_vectors(vectors)
+        return {**scores, FRAME_VECTORS: vectors} if self.keep_vectors else scores
 
 
 class DecideBatch:
