@@ -243,6 +243,23 @@ def test_adding_with_another_model_names_both_and_changes_nothing(clip_bank, pho
     assert open_bank(clip_bank).table.equals(before)
 
 
+def test_a_bank_from_before_vectors_opens_and_takes_them_later(bank, photos, tiny_model_spec, tmp_path):
+    import shutil
+
+    from mmpipe.models import load_clip
+
+    old = shutil.copytree(bank, tmp_path / "old")
+    manifest = json.loads((old / "bank.json").read_text())
+    del manifest["clip"]
+    (old / "bank.json").write_text(json.dumps(manifest))
+    assert open_bank(old).clip_model is None and len(open_bank(old).vectors()[0]) == 0
+    added = add_files(old, [photos["retina.jpg"]], clip=load_clip(tiny_model_spec))
+    assert len(added) == len(open_bank(bank))  # retina's rows replaced, the others kept
+    rows, vectors = open_bank(old).vectors()
+    assert [open_bank(old).entry(int(r))["source"] for r in rows] == [str(photos["retina.jpg"])]
+    assert open_bank(old).info()["clip"]["vectors"] == 1
+
+
 def _clip_policy(path: Path, bank: Path, extra: str = "") -> Path:
     path.write_text(f"categories:\n  - name: known-bad\n    source: bank\n    bank: {bank}\n"
                     f"    hash: clip\n{extra}    media: [image, video]\n    review: 1.0\n    block: 1.0\n")
