@@ -173,3 +173,63 @@ def test_cli_index_and_search(embedded, tmp_path):
         run = subprocess.run([*CLI, *args], capture_output=True, text=True)
         assert run.returncode == 2, (args, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1 and field in run.stderr, run.stderr
+
+
+def test_serve_answers_search_with_the_index_model(embedded, tmp_path, tiny_model_spec):
+    import base64
+
+    from mmpipe.serve.app import create_app
+    from mmpipe.serve.config import Embeddings, Search, ServeConfig
+    from tests.conftest import RunningServer
+
+    index = tmp_path / "index"
+    build_index([embedded], index)
+    searcher = Searcher(index)
+    # No embeddings model configured: the index's own model is loaded to embed queries.
+    server = RunningServer(create_app(ServeConfig(search=Search(index=str(index), max_k=5))))
+    try:
+        status, _, body = server.post("/v1/search", {"query": "photo number 3", "k": 4})
+        assert status == 200, body
+        want = searcher.search(searcher.query_vector("photo number 3"), k=4)
+        assert [d["id"] for d in body["data"]] == [h.id for h in want]
+        np.testing.assert_allclose([d["score"] for d in body["data"]], [h.score for h in want], atol=1e-5)
+        assert body["data"][0]["rank"] == 1 and body["index_rows"] == 10
+
+        image = (tmp_path / "images" / "p006.jpg").read_bytes()
+        part = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(image).decode()}}
+        status, _, body = server.post("/v1/search", {"query": part, "k": 1})
+        assert status == 200 and body["data"][0]["id"] == "p006.jpg"
+        status, _, body = server.post("/v1/search", {"query": ["photo number 3", part], "k": 2})
+        want = searcher.search(searcher.query_vector("photo number 3", image), k=2)
+        assert status == 200 and [d["id"] for d in body["data"]] == [h.id for h in want]
+        # The same model answers /v1/embeddings.
+        status, _, body = server.post("/v1/embeddings", {"input": "photo number 3"})
+        assert status == 200 and len(body["data"][0]["embedding"]) == searcher.meta.dimension
+
+        for request, param in (({"query": "x", "k": 6}, "k"), ({"query": "x", "k": 0}, "k"),
+                               ({"query": ""}, "query"), ({"query": [1]}, "query"), ({}, "query"),
+                               ({"query": "x", "model": "other"}, "model")):
+            status, _, body = server.post("/v1/search", request)
+            assert status in (400, 404) and body["error"]["param"] == param, (request, body)
+    finally:
+        server.stop()
+
+    # A server whose embeddings model is not the index's refuses to start.
+    other = save_tiny_clip(tmp_path / "other-clip", seed=7)
+    with pytest.raises(ConfigError, match="embeddings.model.*does not reproduce"):
+        create_app(ServeConfig(embeddings=Embeddings(model=f"path:{other}"), search=Search(index=str(index))))
+    with pytest.raises(ConfigError, match="search.index.*not an mmpipe index"):
+        create_app(ServeConfig(search=Search(index=str(tmp_path / "images"))))
+
+
+def test_serve_without_index_answers_search_404(tiny_model_spec):
+    from mmpipe.serve.app import create_app
+    from mmpipe.serve.config import ServeConfig
+    from tests.conftest import RunningServer
+
+    server = RunningServer(create_app(ServeConfig()))
+    try:
+        status, _, body = server.post("/v1/search", {"query": "x"})
+        assert status == 404 and body["error"]["code"] == "index_not_found"
+    finally:
+        server.stop()

@@ -149,24 +149,29 @@ def serve(
     policy: Optional[str] = typer.Option(None, help="Moderation policy YAML (default: the shipped policy)."),
     embedding_model: Optional[str] = typer.Option(
         None, help="CLIP model for /v1/embeddings: path:DIR, hf:REPO or random:ViT-B-32 (default: none)."),
+    search_index: Optional[str] = typer.Option(
+        None, help="Index folder (made by 'mmpipe index') for /v1/search; its model also serves "
+                   "/v1/embeddings unless --embedding-model names one (default: none)."),
     max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch (default: 16, embeddings 32)."),
     max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others (default: 5)."),
     replicas: Optional[int] = typer.Option(None, help="Workers sharing one copy of the weights (default: 1)."),
     max_inflight_per_replica: Optional[int] = typer.Option(
         None, help="Requests one batch may hold (1: one at a time) (default: no limit)."),
 ) -> None:
-    """Serve /v1/moderations and /v1/embeddings (OpenAI schema) with the batch jobs' models."""
+    """Serve /v1/moderations and /v1/embeddings (OpenAI schema), and /v1/search, with the batch
+    jobs' models."""
     import uvicorn
 
     from .serve.app import create_app
     from .serve.config import load_serve_config
 
     cfg = load_serve_config(config, host=host, port=port, policy=policy, embedding_model=embedding_model,
-                            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, replicas=replicas,
+                            search_index=search_index, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, replicas=replicas,
                             max_inflight_per_replica=max_inflight_per_replica)
     err.print("loading models…", markup=False)
     app_ = create_app(cfg)
-    routes = "/v1/moderations" + (", /v1/embeddings" if cfg.embeddings else "")
+    routes = "/v1/moderations" + (", /v1/embeddings" if cfg.embeddings or cfg.search else "") \
+        + (", /v1/search" if cfg.search else "")
     err.print(f"serving {routes} on http://{cfg.host}:{cfg.port} (metrics: /metrics)", markup=False)
     uvicorn.run(app_, host=cfg.host, port=cfg.port, log_level="warning")
 

@@ -3,7 +3,7 @@
 
 from .html import write_results
 from .index import IndexMeta, IndexReport, SearchIndexError, build_index
-from .query import Hit, Searcher
+from .query import Hit, SearchIndex, Searcher, query_vector
 
-__all__ = ["Hit", "IndexMeta", "IndexReport", "SearchIndexError", "Searcher", "build_index",
-           "write_results"]
+__all__ = ["Hit", "IndexMeta", "IndexReport", "SearchIndex", "SearchIndexError", "Searcher",
+           "build_index", "query_vector", "write_results"]

@@ -20,19 +20,25 @@ from .errors import RequestError, answer_bugs_in_openai_shape, error_response
 from .inputs import InputLimits
 from .metrics import ServeMetrics
 from .moderations import MODEL_ID, moderate_request, moderation_model
+from .search import check_embeddings, open_search_index, search_request
 
 DISCARD_FACTOR = 8
-ROUTES = ("/v1/moderations", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics")
+ROUTES = ("/v1/moderations", "/v1/embeddings", "/v1/search", "/v1/models", "/healthz", "/readyz", "/metrics")
 
 
 def create_app(config: ServeConfig) -> FastAPI:
     """Loads every model before returning: a started server is a ready server."""
     metrics = ServeMetrics()
+    index = None
+    if config.search:
+        index, config = open_search_index(config)
     served, policy = moderation_model(config)
     batchers = {"moderations": DynamicBatcher(served, config.moderation, metrics)}
     embeddings = embedding_model(config) if config.embeddings else None
     if embeddings:
         batchers["embeddings"] = DynamicBatcher(embeddings.served, config.embeddings, metrics)
+    if index is not None:
+        check_embeddings(index, embeddings)
     limits = InputLimits(config.max_body_bytes, config.allow_private_urls)
     # The models are millions of long-lived objects; left to the collector, every full collection
     # walks them all and stalls requests (p99 was 10x p50 under load). Frozen, they are skipped.
@@ -99,6 +105,15 @@ def create_app(config: ServeConfig) -> FastAPI:
                                status=404, code="model_not_found")
         return await _answer(embed_request(body, batchers["embeddings"], embeddings, limits),
                              config.request_timeout_s)
+
+    @app.post("/v1/search")
+    async def search(request: Request):
+        body = await _json_body(request, config.max_body_bytes)
+        if index is None:
+            raise RequestError("this server has no search index; start it with --search-index DIR "
+                               "(made by 'mmpipe index')", status=404, code="index_not_found")
+        return await _answer(search_request(body, batchers["embeddings"], embeddings, index, limits,
+                                            config.search.max_k), config.request_timeout_s)
 
     return app
 

@@ -13,6 +13,9 @@ Example::
       runtime: onnx        # eager, compile, onnx
       max_batch_size: 32
       buckets: [1, 4, 16, 32]
+    search:                # optional: /v1/search over an index made by `mmpipe index`
+      index: /data/index   # queries are embedded by `embeddings` (default: the index's model)
+      max_k: 100
 """
 
 from __future__ import annotations
@@ -79,6 +82,13 @@ class Embeddings(Batching):
     max_batch_size: int = Field(32, ge=1, le=1024)
 
 
+class Search(BaseModel):
+    model_config = _STRICT
+
+    index: str  # a folder made by `mmpipe index`
+    max_k: int = Field(100, ge=1, le=10_000)  # the most results one request may ask for
+
+
 class ServeConfig(BaseModel):
     model_config = _STRICT
 
@@ -86,6 +96,7 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     moderation: Moderation = Field(default_factory=Moderation)
     embeddings: Embeddings | None = None
+    search: Search | None = None
     request_timeout_s: float = Field(30.0, gt=0)  # beyond it: 504
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)  # beyond it: 413
     allow_private_urls: bool = False
@@ -104,6 +115,8 @@ def load_serve_config(path: str | None, **flags) -> ServeConfig:
     given = set(flags)
     if "policy" in flags:
         data.setdefault("moderation", {})["policy"] = flags.pop("policy")
+    if "search_index" in flags:
+        data["search"] = {**(data.get("search") or {}), "index": flags.pop("search_index")}
     if "embedding_model" in flags:
         data["embeddings"] = {**(data.get("embeddings") or {}), "model": flags.pop("embedding_model")}
     for key in PER_MODEL_FLAGS:
