@@ -35,6 +35,7 @@ bench: dev  # the engines benchmark needs the ray extra
 	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/hash_match.py
+	$(BIN)/python benchmarks/search_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) demo_data
