@@ -14,8 +14,10 @@ from ..errors import ConfigError
 from .index import IndexMeta, open_table
 
 # A model that reproduces the index's vectors gives the probe caption's vector back at cosine
-# ~1 (fp32 on another machine: > 0.9999); other weights of the same shape land far below.
-PROBE_MIN_COSINE = 0.99
+# ~1 (fp32 elsewhere: > 0.9999; an index embedded with an int8 or bf16 variant, which the
+# accuracy gate keeps near 0.99 of fp32, a little less); other weights of the same shape land
+# far below (0.56 at best between differently seeded tiny CLIPs).
+PROBE_MIN_COSINE = 0.95
 # ANN settings at query time: probe 5 % of the partitions (at least 8) and re-rank 10× k
 # candidates by their exact vectors; more re-ranking bought no recall in the benchmark.
 NPROBES_SHARE = 0.05
