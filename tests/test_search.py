@@ -118,6 +118,14 @@ def test_ann_index_is_built_when_large_and_finds_what_the_exact_scan_finds(tmp_p
         assert hits[0].id == ids[i]
         assert len(set(h.id for h in hits) & set(exact)) >= 8  # recall@10 of the re-ranked ANN
 
+    # Rows added later join the existing ANN index (no rebuild below 4× growth) and are found.
+    _embed(_images(tmp_path / "images", range(300, 320)), out, tiny_model_spec, batch_size=64)
+    grown = build_index([out], tmp_path / "index", ann_min_rows=200)
+    assert grown.rows == 320 and grown.ann == report.ann
+    ids, vectors = _shard_vectors(out)
+    new = ids.index("p310.jpg")
+    assert Searcher(tmp_path / "index").search(vectors[new], k=1)[0].id == "p310.jpg"
+
 
 def test_mixing_models_is_refused(tmp_path, embedded, tiny_model_spec):
     build_index([embedded], tmp_path / "index")

@@ -93,6 +93,7 @@ def build_index(out_dirs: Sequence[str | os.PathLike], to: str | os.PathLike,
     plans = [_plan(out_dir, meta.sources.setdefault(str(out_dir), {})) for out_dir in manifests]
     total = sum(len(p.todo) for p in plans)
     counts = dict(added=0, replaced=0, removed=0, rows=0, skipped=0)
+    done = 0
     for plan in plans:
         indexed = meta.sources[str(plan.out_dir)]
         if table is not None and (plan.stale or plan.todo):
@@ -102,7 +103,7 @@ def build_index(out_dirs: Sequence[str | os.PathLike], to: str | os.PathLike,
             counts["replaced" if s in plan.current else "removed"] += 1
             del indexed[s]
         for s in plan.todo:
-            step("indexing shards", sum(counts[k] for k in ("added", "replaced")), total)
+            step("indexing shards", done, total)
             rows, skipped = _index_rows(plan.out_dir / s, f"{plan.out_dir}/{s}", meta.dimension)
             if meta.probe is None:
                 meta.probe = _probe(plan.out_dir / s)
@@ -115,14 +116,15 @@ def build_index(out_dirs: Sequence[str | os.PathLike], to: str | os.PathLike,
             counts["added"] += s not in plan.stale
             counts["rows"] += rows.num_rows
             counts["skipped"] += skipped
+            done += 1
     step("indexing shards", total, total)
     meta.rows = table.count_rows() if table is not None else 0
     if table is not None and (partitions := _ann_partitions(meta, ann_min_rows)):
         step(f"building the ANN index over {meta.rows} rows", 0, 1)
         meta.ann = _build_ann(table, meta.rows, partitions)
         step(f"building the ANN index over {meta.rows} rows", 1, 1)
-    elif table is not None and meta.ann is not None and counts["rows"]:
-        table.optimize()  # folds the new rows into the existing ANN index
+    elif table is not None and (counts["rows"] or counts["replaced"] or counts["removed"]):
+        table.optimize()  # compacts the shards' small fragments, folds new rows into the ANN index
     meta.write(folder)
     return IndexReport(folder, meta.rows, counts["added"], counts["replaced"], counts["removed"],
                        counts["rows"], counts["skipped"], meta.ann)
