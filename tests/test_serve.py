@@ -127,6 +127,28 @@ def test_overload_is_429_with_retry_after_then_recovers():
         s.stop()
 
 
+def test_requests_that_would_wait_too_long_are_429_while_the_queue_has_room():
+    # A 1 ms budget: any request behind another would wait longer (a text takes milliseconds).
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(
+        max_batch_size=1, max_wait_ms=0, max_queue=256, max_queue_delay_ms=1))))
+    text = "text " * 200
+    try:
+        assert s.post("/v1/moderations", {"input": text})[0] == 200  # a batch timed: an estimate
+        status, ready = s.get("/readyz")
+        assert status == 200 and ready["estimated_wait_ms"] > 0 and ready["utilisation"] == 0
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: s.post("/v1/moderations", {"input": f"{i} {text}"}),
+                                    range(32)))
+        codes = [code for code, _, _ in answers]
+        assert 429 in codes and 200 in codes and set(codes) <= {200, 429}
+        code, headers, body = next(a for a in answers if a[0] == 429)
+        assert headers.get("Retry-After") == "1" and "max_queue_delay_ms" in body["error"]["message"]
+        assert s.post("/v1/moderations", {"input": "fine again"})[0] == 200
+        assert 'mmpipe_estimated_wait_seconds{model="mmpipe-moderation"}' in s.get_text("/metrics")[1]
+    finally:
+        s.stop()
+
+
 def test_timeouts_are_504(tmp_path):
     s = RunningServer(create_app(ServeConfig(request_timeout_s=0.01)))
     try:
@@ -157,6 +179,9 @@ def test_serve_config_errors_name_the_field(tmp_path):
         load_serve_config(str(bad))
     bad.write_text("embeddings:\n  model: path:x\n  buckets: [4, 2]\n")
     with pytest.raises(ConfigError, match="buckets must be increasing"):
+        load_serve_config(str(bad))
+    bad.write_text("moderation:\n  max_queue_delay_ms: 0\n")
+    with pytest.raises(ConfigError, match=r"serve.yaml: moderation.max_queue_delay_ms: .*greater than 0"):
         load_serve_config(str(bad))
     bad.write_text("moderations: {}\n")
     with pytest.raises(ConfigError, match="moderations: Extra inputs"):

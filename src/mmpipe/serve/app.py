@@ -70,11 +70,14 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz():
-        # Routers read utilisation (admitted items / admission limit, the fullest model's) to
-        # decide when to spill to another server.
+        # Routers read utilisation (how close the fullest model's admission is to refusing: its
+        # items or its estimated wait against their limits) to decide when to spill to another
+        # server.
         fullest = max(batchers.values(), key=lambda b: b.utilisation)
+        wait = fullest.estimated_wait(1)
         state = {"queued": fullest.admitted, "max_queue": fullest.cfg.max_queue,
-                 "utilisation": round(fullest.utilisation, 4)}
+                 "utilisation": round(fullest.utilisation, 4),
+                 "estimated_wait_ms": None if wait is None else round(wait * 1000, 1)}
         if fullest.utilisation >= 1:
             return JSONResponse({"status": "overloaded", **state}, status_code=503)
         return {"status": "ready", **state}

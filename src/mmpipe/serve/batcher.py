@@ -1,5 +1,7 @@
 """Dynamic batching: requests wait at most ``max_wait_ms`` to share a forward pass of up to
-``max_batch_size`` items; admission is bounded, so overload is refused, never queued forever.
+``max_batch_size`` items; admission is bounded, so overload is refused, never queued forever:
+by items (``max_queue``, the memory bound) and, with ``max_queue_delay_ms``, by the time a new
+request would wait, estimated from how long the replicas' recent batches took.
 
 Replicas are threads calling one shared ``predict`` (one copy of the weights: ONNX Runtime
 sessions and torch modules in inference mode are safe to call from several threads). The event
@@ -16,13 +18,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from .batch_times import BatchTimes
 from .config import Batching
 from .metrics import ServeMetrics
 from .served import ServedModel
 
 
 class Overloaded(Exception):
-    """The admission queue is full: answer 429 and let the client back off."""
+    """The admission queue is full, or its wait too long: answer 429 and let the client back off."""
 
 
 @dataclass
@@ -44,8 +47,12 @@ class DynamicBatcher:
         self.pending: deque[_Request] = deque()
         self.cond = threading.Condition()
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent sizes, for tests and tuning
+        self.batch_times = BatchTimes()
+        # Per replica: (items, monotonic start) of the batch it is running; (0, 0.0) when idle.
+        self.running = [(0, 0.0)] * batching.replicas
         self.closed = True
         self.threads: list[threading.Thread] = []
+        metrics.estimated_wait.labels(self.name).set_function(lambda: self.estimated_wait(1) or 0.0)
 
     def start(self) -> None:
         """Starts the replicas (the server is starting; it may have been stopped before)."""
@@ -65,7 +72,28 @@ class DynamicBatcher:
 
     @property
     def utilisation(self) -> float:
-        return self.admitted / self.cfg.max_queue
+        """How close admission is to refusing a one-item request: the fuller of the item limit
+        and (with ``max_queue_delay_ms``) the delay budget. An empty queue refuses nothing."""
+        items = self.admitted / self.cfg.max_queue
+        budget = self.cfg.max_queue_delay_ms
+        wait = self.estimated_wait(1) if budget is not None and self.admitted else None
+        return items if wait is None else max(items, wait * 1000 / budget)
+
+    def estimated_wait(self, items: int) -> float | None:
+        """Seconds until a request of ``items`` more would be answered: what the replicas still
+        have to run of their batches and the full batches queued ahead of it, shared among the
+        replicas, then its own batch. None until a batch has been timed."""
+        with self.cond:
+            full_batch = self.batch_times.seconds(self._shape(self.cfg.max_batch_size))
+            if full_batch is None:
+                return None
+            now = time.monotonic()
+            running = sum(max(self.batch_times.seconds(self._shape(n)) - (now - t0), 0.0)
+                          for n, t0 in self.running if n)
+            queued = self.admitted - sum(n for n, _ in self.running) + items
+            full, rest = divmod(max(queued, 1) - 1, self.cfg.max_batch_size)
+            own = self.batch_times.seconds(self._shape(rest + 1))
+            return (running + full * full_batch) / self.cfg.replicas + own
 
     async def submit(self, items: Sequence[Any]) -> list[Any]:
         """Records for ``items`` (in order): prepared (media in a thread of this request's own),
@@ -74,6 +102,14 @@ class DynamicBatcher:
         with self.cond:
             if self.admitted + len(items) > self.cfg.max_queue:
                 raise Overloaded(f"{self.admitted} items already queued (limit {self.cfg.max_queue})")
+            # An empty queue admits whatever the estimate says: refusing would shorten no one's
+            # wait, and the estimate only learns from batches that run.
+            budget = self.cfg.max_queue_delay_ms
+            if budget is not None and self.admitted:
+                wait = self.estimated_wait(len(items))
+                if wait is not None and wait * 1000 > budget:
+                    raise Overloaded(f"estimated wait {wait * 1000:.0f} ms exceeds "
+                                     f"max_queue_delay_ms {budget:g}")
             self.admitted += len(items)
             self.metrics.queue_depth.labels(self.name).set(self.admitted)
             self.preparing += 1
@@ -102,7 +138,7 @@ class DynamicBatcher:
 
     def _work(self, replica: int) -> None:
         busy = self.metrics.busy.labels(self.name, str(replica))
-        while (requests := self._collect()) is not None:
+        while (requests := self._collect(replica)) is not None:
             busy.set(1)
             try:
                 outcome = self._run([item for r in requests for item in r.items]), None
@@ -110,6 +146,8 @@ class DynamicBatcher:
                 outcome = None, exc
             finally:
                 busy.set(0)
+                with self.cond:
+                    self.running[replica] = (0, 0.0)
             results, error = outcome
             start = 0
             for r in requests:
@@ -117,7 +155,7 @@ class DynamicBatcher:
                 start += len(r.items)
                 r.loop.call_soon_threadsafe(_settle, r.future, done, error)
 
-    def _collect(self) -> list[_Request] | None:
+    def _collect(self, replica: int) -> list[_Request] | None:
         """Requests for one batch: the oldest live one, then others that arrive within
         ``max_wait_ms`` while they fit in the batch (and the in-flight limit allows). It waits
         only for requests already admitted and being prepared: a lone request on an idle
@@ -136,6 +174,7 @@ class DynamicBatcher:
                     break
                 batch.append(nxt)
                 size += len(nxt.items)
+            self.running[replica] = (size, time.monotonic())
             return batch
 
     def _pop_live(self, deadline: float | None, room: int | None = None) -> _Request | None:
@@ -162,14 +201,18 @@ class DynamicBatcher:
             chunk = items[start:start + self.cfg.max_batch_size]
             self.batch_sizes.append(len(chunk))
             self.metrics.batch_size.labels(self.name).observe(len(chunk))
-            out.extend(self.model.predict(self._padded(chunk))[:len(chunk)])
+            padded, t0 = self._padded(chunk), time.monotonic()
+            out.extend(self.model.predict(padded)[:len(chunk)])
+            with self.cond:
+                self.batch_times.observe(len(padded), time.monotonic() - t0)
         return out
 
+    def _shape(self, n: int) -> int:
+        """The size a batch of ``n`` items runs at: its shape bucket, if any."""
+        return next((b for b in self.cfg.buckets if b >= n), n) if self.cfg.buckets else n
+
     def _padded(self, chunk: list) -> list:
-        buckets = self.cfg.buckets
-        if not buckets:
-            return chunk
-        target = next(b for b in buckets if b >= len(chunk))
+        target = self._shape(len(chunk))
         if target > len(chunk):
             self.metrics.padded.labels(self.name).inc(target - len(chunk))
         # Copies, not the same object again: stages fill records in place.

@@ -21,6 +21,10 @@ class ServeMetrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.padded = Counter("mmpipe_padded_items", "Padding items added to reach a shape bucket",
                               ["model"], registry=r)
+        self.estimated_wait = Gauge("mmpipe_estimated_wait_seconds",
+                                    "Estimated wait of a new one-item request (batches ahead and "
+                                    "its own), what max_queue_delay_ms is compared with",
+                                    ["model"], registry=r)
         self.busy = Gauge("mmpipe_replica_busy", "1 while the replica runs a batch",
                           ["model", "replica"], registry=r)
         self.errors = Counter("mmpipe_errors", "Requests answered with an error, by reason",
