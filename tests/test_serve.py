@@ -174,18 +174,16 @@ def test_metrics_count_requests_batches_and_errors(server, client):
 
 def test_serve_config_errors_name_the_field(tmp_path):
     bad = tmp_path / "serve.yaml"
-    bad.write_text("moderation:\n  max_batch_size: 0\n")
-    with pytest.raises(ConfigError, match=r"serve.yaml: moderation.max_batch_size: .*greater than"):
-        load_serve_config(str(bad))
-    bad.write_text("embeddings:\n  model: path:x\n  buckets: [4, 2]\n")
-    with pytest.raises(ConfigError, match="buckets must be increasing"):
-        load_serve_config(str(bad))
-    bad.write_text("moderation:\n  max_queue_delay_ms: 0\n")
-    with pytest.raises(ConfigError, match=r"serve.yaml: moderation.max_queue_delay_ms: .*greater than 0"):
-        load_serve_config(str(bad))
-    bad.write_text("moderations: {}\n")
-    with pytest.raises(ConfigError, match="moderations: Extra inputs"):
-        load_serve_config(str(bad))
+    for text, error in (("moderation:\n  max_batch_size: 0\n", r"serve.yaml: moderation.max_batch_size: .*greater than"),
+                        ("embeddings:\n  model: path:x\n  buckets: [4, 2]\n", "buckets must be increasing"),
+                        ("moderation:\n  max_queue_delay_ms: 0\n",
+                         r"serve.yaml: moderation.max_queue_delay_ms: .*greater than 0"),
+                        ("search: {max_k: 5}\n", r"serve.yaml: search.index: Field required"),
+                        ("moderations: {}\n", "moderations: Extra inputs")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=error):
+            load_serve_config(str(bad))
+    assert load_serve_config(None, search_index="idx/").search.index == "idx/"  # --search-index
     with pytest.raises(ConfigError, match=r"--replicas: .*greater than or equal to 1"):
         load_serve_config(None, replicas=0)
     with pytest.raises(ConfigError, match=r"--config: no config file"):

@@ -8,7 +8,7 @@ import contextlib
 import gc
 import json
 import time
-from typing import AsyncIterator, Awaitable
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -92,31 +92,30 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {"object": "list", "data": [{"id": i, "object": "model", "created": int(time.time()),
                                             "owned_by": "mmpipe"} for i in ids]}
 
-    @app.post("/v1/moderations")
-    async def moderations(request: Request):
-        body = await _json_body(request, config.max_body_bytes)
-        model = body.get("model") or MODEL_ID
-        return await _answer(moderate_request(body, batchers["moderations"], policy, model, limits),
-                             config.request_timeout_s)
+    def post(path: str, answer: Callable[[dict], Awaitable[dict]] | None,
+             missing: Callable[[], RequestError] | None = None) -> None:
+        """A POST route answering a JSON body within the deadline; ``answer`` None: the route's
+        model or index is not configured, and every request gets a fresh ``missing()`` (404)."""
+        async def route(request: Request):
+            body = await _json_body(request, config.max_body_bytes)
+            if answer is None:
+                raise missing()
+            return await _answer(answer(body), config.request_timeout_s)
 
-    @app.post("/v1/embeddings")
-    async def embed(request: Request):
-        body = await _json_body(request, config.max_body_bytes)
-        if embeddings is None:
-            raise RequestError("this server has no embedding model; start it with "
-                               "--embedding-model path:DIR (a CLIP checkpoint)", param="model",
-                               status=404, code="model_not_found")
-        return await _answer(embed_request(body, batchers["embeddings"], embeddings, limits),
-                             config.request_timeout_s)
+        app.post(path)(route)
 
-    @app.post("/v1/search")
-    async def search(request: Request):
-        body = await _json_body(request, config.max_body_bytes)
-        if index is None:
-            raise RequestError("this server has no search index; start it with --search-index DIR "
-                               "(made by 'mmpipe index')", status=404, code="index_not_found")
-        return await _answer(search_request(body, batchers["embeddings"], embeddings, index, limits,
-                                            config.search.max_k), config.request_timeout_s)
+    post("/v1/moderations", lambda body: moderate_request(
+        body, batchers["moderations"], policy, body.get("model") or MODEL_ID, limits))
+    post("/v1/embeddings", (lambda body: embed_request(body, batchers["embeddings"], embeddings, limits))
+         if embeddings else None,
+         lambda: RequestError("this server has no embedding model; start it with --embedding-model "
+                              "path:DIR (a CLIP checkpoint)", param="model", status=404,
+                              code="model_not_found"))
+    post("/v1/search", (lambda body: search_request(body, batchers["embeddings"], embeddings, index,
+                                                    limits, config.search.max_k))
+         if index is not None else None,
+         lambda: RequestError("this server has no search index; start it with --search-index DIR "
+                              "(made by 'mmpipe index')", status=404, code="index_not_found"))
 
     return app
 
