@@ -166,7 +166,8 @@ def serve(
     from .serve.config import load_serve_config
 
     cfg = load_serve_config(config, host=host, port=port, policy=policy, embedding_model=embedding_model,
-                            search_index=search_index, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, replicas=replicas,
+                            search_index=search_index, max_batch_size=max_batch_size,
+                            max_wait_ms=max_wait_ms, replicas=replicas,
                             max_inflight_per_replica=max_inflight_per_replica)
     err.print("loading models…", markup=False)
     app_ = create_app(cfg)
