@@ -173,7 +173,11 @@ def test_backoff_never_waits_past_the_deadline(serve, kind):
     options = dict(backoff_base_s=0.05, backoff_max_s=0.2, max_retries=1000, deadline_s=0.8)
     error, elapsed = failing(kind, url, **options)
     assert isinstance(error, RetryError) and "0.8 s deadline" in str(error)
-    assert error.attempts == len(script.seen) > 3
+    # The last attempt may start with too little time left to reach the server (on a busy
+    # machine): it then fails as a timeout, cut by the deadline like everything else.
+    cut = error.attempts - len(script.seen)
+    assert len(script.seen) > 3 and cut in (0, 1), (error.attempts, len(script.seen))
+    assert not cut or "last failure: timeout" in str(error)
     assert script.seen[-1][0] - script.seen[0][0] < 0.8 and elapsed < 0.8 + 0.3  # room for setup
 
 
