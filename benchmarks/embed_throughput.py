@@ -14,6 +14,11 @@ Then the peak RSS of ``mmpipe embed`` as a subprocess on N and on 10·N images (
 
     python benchmarks/embed_throughput.py            # N=500, batch 16 (many minutes on a laptop CPU)
     python benchmarks/embed_throughput.py --quick    # N=40, a smoke check
+    python benchmarks/embed_throughput.py --device cuda --precision fp16 --batch-size 128 \
+        --decode-workers 12 --skip-rss --n 4000     # a GPU: also the GPU's busy share during (b)
+
+On a GPU every mode runs there at ``--precision`` ((a) too, still one image at a time), and (c)
+times forward passes over batches already on the GPU: the ceiling the job can approach.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import mmpipe
 from mmpipe.models import load_clip
+from mmpipe.models.clip import projected
 from mmpipe.sample_data import make_sample_images
 
 MODEL = "random:ViT-B-32"
@@ -47,6 +53,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT / "bench_data", help="Cache folder.")
     ap.add_argument("--skip-rss", action="store_true", help="Skip the peak-RSS runs.")
     ap.add_argument("--quick", action="store_true", help="N=40: a smoke check, not a measurement.")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu).")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (GPU) for every mode.")
+    ap.add_argument("--decode-workers", type=int, default=2, help="(b)'s decode threads (default 2).")
     args = ap.parse_args()
     n = 40 if args.quick else args.n
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -60,24 +69,29 @@ def main() -> None:
     files = sorted(folder.glob("*.jpg"))
     assert len(files) == n, f"expected {n} JPEGs in {folder}, found {len(files)}"
     print(f"data: {n} JPEGs {w}x{h} in {folder} ({time.perf_counter() - t:.1f} s to make or find)")
-    print(f"model: {MODEL} fp32 on cpu, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    gpu = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name(args.device) if gpu else platform.processor() or platform.machine()
+    print(f"model: {MODEL} {args.precision} on {args.device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {where}")
 
     # One set of weights for (a) and (c); mmpipe.embed builds the same ones (seeded) for (b).
-    model = load_clip(MODEL).make_embedder().model
+    embedder = load_clip(MODEL, args.device, args.precision).make_embedder()
+    model, place = embedder.model, dict(device=embedder.device, dtype=embedder.dtype)
     with torch.inference_mode():  # warm up kernels and allocator for every mode alike
         for _ in range(3):
-            model.get_image_features(pixel_values=torch.zeros(1, 3, 224, 224))
-            model.get_image_features(pixel_values=torch.zeros(bs, 3, 224, 224))
+            model.get_image_features(pixel_values=torch.zeros(1, 3, 224, 224, **place))
+            model.get_image_features(pixel_values=torch.zeros(bs, 3, 224, 224, **place))
 
     rows = []
-    a_rate, pixels = naive_loop(model, files)
+    a_rate, pixels = naive_loop(model, files, place)
     rows.append(("(a) naive loop: PIL + CLIPImageProcessorPil + forward, batch 1", a_rate, n / a_rate))
 
     out = args.data / "out-throughput"
     t = time.perf_counter()
-    result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
-                          progress=False)
+    with GpuBusy(args.device if gpu else None) as busy:
+        result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
+                              progress=False, device=args.device, precision=args.precision,
+                              decode_workers=args.decode_workers)
     whole = time.perf_counter() - t
     assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
     b_rate = n / result.stats.wall_s
@@ -86,7 +100,7 @@ def main() -> None:
                  n / whole, whole))
     shutil.rmtree(out, ignore_errors=True)
 
-    c_rate = forward_only(model, pixels, bs)
+    c_rate = forward_only(model, pixels, bs, place)
     rows.append((f"(c) model forward only, batch {bs}, pre-decoded tensors", c_rate, n / c_rate))
     del pixels
 
@@ -95,6 +109,8 @@ def main() -> None:
     for name, rate, seconds in rows:
         print(f"{name:<68} {rate:>8.2f} {seconds:>8.1f}")
     print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share {result.stats.busy_summary()}")
+    if gpu:
+        print(f"(b) GPU busy {busy.mean():.0f} % of the job's time (NVML utilisation, sampled every 50 ms)")
 
     ratios = f"b/a = {b_rate / a_rate:.2f}x   b/c = {b_rate / c_rate:.2f}x"
     if not args.skip_rss:
@@ -107,7 +123,7 @@ def main() -> None:
     print(f"ratios (N={n}, batch {bs}): {ratios}")
 
 
-def naive_loop(model, files: list[Path]):
+def naive_loop(model, files: list[Path], place: dict):
     """(a); returns items/s and the pixel tensors it made, for (c)."""
     import torch
     from PIL import Image
@@ -120,21 +136,55 @@ def naive_loop(model, files: list[Path]):
         for path in files:
             with Image.open(path) as img:
                 x = processor(images=img.convert("RGB"), return_tensors="pt")["pixel_values"]
-            model.get_image_features(pixel_values=x)
+            projected(model.get_image_features(pixel_values=x.to(**place))).cpu()  # waits for it
             pixels.append(x)
     return len(files) / (time.perf_counter() - t), pixels
 
 
-def forward_only(model, pixels: list, bs: int) -> float:
-    """(c): the forward passes alone, on tensors already decoded and preprocessed."""
+def forward_only(model, pixels: list, bs: int, place: dict) -> float:
+    """(c): the forward passes alone, on tensors already decoded, preprocessed and (on a GPU)
+    copied there."""
     import torch
 
-    batches = [torch.cat(pixels[i: i + bs]) for i in range(0, len(pixels), bs)]
+    batches = [torch.cat(pixels[i: i + bs]).to(**place) for i in range(0, len(pixels), bs)]
     t = time.perf_counter()
     with torch.inference_mode():
         for x in batches:
-            model.get_image_features(pixel_values=x)
+            out = projected(model.get_image_features(pixel_values=x))
+        out.cpu()  # waits for the queued GPU work
     return len(pixels) / (time.perf_counter() - t)
+
+
+class GpuBusy:
+    """The GPU's utilisation (NVML: the share of time a kernel was running) sampled in a thread
+    while the block runs; ``device`` None: nothing sampled."""
+
+    def __init__(self, device: str | None):
+        self.device, self.samples, self.stop = device, [], None
+
+    def __enter__(self) -> "GpuBusy":
+        import threading
+
+        if self.device is not None:
+            import torch
+
+            self.stop = threading.Event()
+
+            def sample():
+                while not self.stop.wait(0.05):
+                    self.samples.append(torch.cuda.utilization(self.device))
+
+            self.thread = threading.Thread(target=sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.stop is not None:
+            self.stop.set()
+            self.thread.join()
+
+    def mean(self) -> float:
+        return sum(self.samples) / max(len(self.samples), 1)
 
 
 def manifest_times_ten(folder: Path, files: list[Path], data: Path) -> Path:
