@@ -110,7 +110,8 @@ def main() -> None:
         print(f"{name:<68} {rate:>8.2f} {seconds:>8.1f}")
     print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share {result.stats.busy_summary()}")
     if gpu:
-        print(f"(b) GPU busy {busy.mean():.0f} % of the job's time (NVML utilisation, sampled every 50 ms)")
+        print(f"(b) GPU busy {busy.mean():.0f} % over the whole call, setup included (NVML utilisation, "
+              "sampled every 50 ms)")
 
     ratios = f"b/a = {b_rate / a_rate:.2f}x   b/c = {b_rate / c_rate:.2f}x"
     if not args.skip_rss:
