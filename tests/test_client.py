@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from mmpipe.client import APIError, AsyncClient, Client, RetryError
+from mmpipe.client import MIN_ATTEMPT_S, APIError, AsyncClient, Client, RetryError, RetryPolicy, _Attempts
 from mmpipe.retry import backoff_delay, retry_after_seconds
 from tests.conftest import RunningServer
 
@@ -179,6 +179,24 @@ def test_backoff_never_waits_past_the_deadline(serve, kind):
     assert len(script.seen) > 3 and cut in (0, 1), (error.attempts, len(script.seen))
     assert not cut or "last failure: timeout" in str(error)
     assert script.seen[-1][0] - script.seen[0][0] < 0.8 and elapsed < 0.8 + 0.3  # room for setup
+
+
+def test_a_backoff_that_overran_the_deadline_gives_up_instead_of_a_zero_timeout():
+    # A busy machine can sleep past the deadline; the next attempt must not get a timeout at or
+    # below zero (httpx then raises a bare ValueError), nor one too short to finish.
+    policy = RetryPolicy(timeout_s=5, max_retries=10, deadline_s=1.0, backoff_base_s=0.01,
+                         backoff_max_s=0.01)
+    attempts = _Attempts(policy)
+    assert attempts.begin() == pytest.approx(1.0, abs=0.05)
+    failure = APIError(503, "busy")
+    assert attempts.wait_s(failure) <= 0.01
+    attempts.started -= 1.0 - MIN_ATTEMPT_S / 2  # as if the sleep had overrun: 25 ms left
+    with pytest.raises(RetryError, match="deadline came during the backoff") as caught:
+        attempts.begin()
+    assert caught.value.attempts == 1 and caught.value.last_error is failure
+    attempts.started -= 1.0  # and no wait is offered that would leave under MIN_ATTEMPT_S
+    with pytest.raises(RetryError, match="would cross the 1 s deadline"):
+        attempts.wait_s(failure)
 
 
 @KINDS

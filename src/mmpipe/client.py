@@ -66,6 +66,11 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
 
+# A retry is not started with less time than this before the deadline: it could not send a
+# request and read an answer, and a timeout at or below zero breaks the HTTP client itself.
+MIN_ATTEMPT_S = 0.05
+
+
 class _Attempts:
     """One call under a RetryPolicy: each attempt's timeout, and the wait after each failure."""
 
@@ -73,24 +78,30 @@ class _Attempts:
         self.policy = policy
         self.started = time.monotonic()
         self.count = 0
+        self.failure: httpx.TransportError | APIError | None = None  # the last one
 
     def begin(self) -> float:
         """Counts an attempt and returns its timeout, cut so that it ends by the deadline."""
+        left = self._left_s()
+        if self.failure is not None and left < MIN_ATTEMPT_S:  # the backoff's sleep overran
+            raise self._give_up(f"the {self.policy.deadline_s:g} s deadline came during the backoff "
+                                f"({max(left, 0.0):.2f} s left)", self.failure) from self.failure
         self.count += 1
-        return min(self.policy.timeout_s, self._left_s())
+        return min(self.policy.timeout_s, left)
 
     def wait_s(self, failure: httpx.TransportError | APIError) -> float:
         """Seconds to sleep before the next attempt; raises the failure itself when retrying
         cannot help, and RetryError when retries or the deadline are spent."""
         if isinstance(failure, APIError) and failure.status not in RETRY_STATUSES:
             raise failure
+        self.failure = failure
         policy, retries = self.policy, self.count - 1
         if retries >= policy.max_retries:
             raise self._give_up(f"no retries left (max_retries={policy.max_retries})", failure) from failure
         asked = failure.retry_after_s if isinstance(failure, APIError) else None
         wait = backoff_delay(retries, policy.backoff_base_s, policy.backoff_max_s, asked or 0.0)
         left = self._left_s()
-        if wait >= left:
+        if wait + MIN_ATTEMPT_S >= left:
             # Sleeping into the deadline would leave the next attempt no time: say so now instead.
             why = f"the server's Retry-After of {asked:g} s" if asked and asked >= wait \
                 else f"a backoff of {wait:.2f} s"
