@@ -59,6 +59,11 @@ class Accuracy:
     def to_dict(self) -> dict:
         return {k: v for k, v in {**asdict(self), "flip_share": self.flip_share}.items() if v is not None}
 
+    @classmethod
+    def from_dict(cls, figures: dict) -> "Accuracy":
+        """Back from ``to_dict`` (``flip_share`` is derived, so it is dropped)."""
+        return cls(**{k: v for k, v in figures.items() if k != "flip_share"})
+
 
 def embedding_accuracy(reference: np.ndarray, variant: np.ndarray) -> Accuracy:
     """Row-wise cosine similarity of ``variant``'s vectors to ``reference``'s (fp32)."""

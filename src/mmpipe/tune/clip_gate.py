@@ -60,8 +60,7 @@ def _cached(clip: ClipVariant) -> dict[str, Accuracy] | None:
         return None
     if data.pop("eval_set", None) != eval_set.VERSION:
         return None
-    return {tower: Accuracy(**{k: v for k, v in figures.items() if k != "flip_share"})
-            for tower, figures in data.items()}
+    return {tower: Accuracy.from_dict(figures) for tower, figures in data.items()}
 
 
 def _path(clip: ClipVariant):

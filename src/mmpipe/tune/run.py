@@ -43,7 +43,7 @@ def tune(model: str, task: str, *, progress: bool | None = None, **options) -> T
 
     try:
         sweep(job, opts.budget_minutes * 60 - (time.monotonic() - started),
-                          on_trial=lambda t: (trials.append(t), show(t)))
+              on_trial=lambda t: (trials.append(t), show(t)))
     finally:  # an interrupted sweep still leaves what it measured
         winner = best(trials)
         chosen = job.best_config(winner.config) if winner else None

@@ -90,10 +90,10 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
         clip = load_clip(opts.model, opts.device, v.weights_precision)
         # Measured with no bar so that a refused variant's figures are recorded too.
         figures = gated_variant(clip, v, Gate(min_mean_cosine=-1)).accuracy or {}
-        towers = [Accuracy(**{k: x for k, x in f.items() if k != "flip_share"}) for f in figures.values()]
+        towers = [Accuracy.from_dict(f) for f in figures.values()]
         accuracy = {"mean_cosine": round(min((a.mean_cosine for a in towers), default=1.0), 6),
                     "min_cosine": round(min((a.min_cosine for a in towers), default=1.0), 6)}
-        failure = next((f"{tower}: {a.failure(gate)}" for tower, a in zip(figures, towers) if a.failure(gate)), None)
+        failure = next((f"{tower}: {why}" for tower, a in zip(figures, towers) if (why := a.failure(gate))), None)
         return Gated(accuracy, failure)
 
     def measure(config: dict) -> Measurement:
