@@ -12,8 +12,8 @@ import numpy as np
 class ZeroShotClip:
     def __init__(self, embedder, preprocessor, categories: dict[str, tuple[list[str], list[str]]],
                  temperature: float | dict[str, float] = 100.0):
-        """``temperature``: one logit scale for all categories, or one per category name."""
-        self.embedder = embedder
+        """``temperature``: one logit scale for all categories, or one per category name;
+        ``embedder`` embeds the prompts, once."""
         self.categories = {}
         for name, (positive, negative) in categories.items():
             prompts = [*positive, *negative]
@@ -21,11 +21,9 @@ class ZeroShotClip:
             scale = temperature[name] if isinstance(temperature, dict) else temperature
             self.categories[name] = (np.asarray(vectors, np.float32), len(positive), scale)
 
-    def score(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return self.score_vectors(self.embedder.embed_images(pixels))
-
     def score_vectors(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Scores of images already embedded (unit rows), e.g. shared with a bank's matching."""
+        """Each category's score of images already embedded (unit rows): the moderation job's
+        clip stage embeds every frame once and shares the vectors with a bank's matching."""
         images = np.asarray(images, np.float32)
         out = {}
         for name, (prompts, n_positive, scale) in self.categories.items():
