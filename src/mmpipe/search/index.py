@@ -139,7 +139,7 @@ class _Plan:
 
 
 def _plan(out_dir: Path, indexed: dict[str, dict]) -> _Plan:
-    current = {p.name: _fingerprint(p) for p in _committed_shards(out_dir)}
+    current = {p.name: _fingerprint(p) for p in OutputDir(out_dir).committed_shards()}
     return _Plan(out_dir, current, stale=[s for s in indexed if current.get(s) != indexed[s]],
                  todo=sorted(s for s in current if indexed.get(s) != current[s]))
 
@@ -177,11 +177,6 @@ def _meta_for(folder: Path, manifests: dict[Path, dict]) -> IndexMeta:
                               f"({manifest['dimension']} dims) but {folder} holds vectors of "
                               f"{meta.model} ({meta.dimension} dims); index it into another --to")
     return meta
-
-
-def _committed_shards(out_dir: Path) -> list[Path]:
-    committed = {c.shard for c in OutputDir(out_dir).log.read()}
-    return [p for p in OutputDir(out_dir).shards() if p.name in committed]
 
 
 def _fingerprint(path: Path) -> dict:

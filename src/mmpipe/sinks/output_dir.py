@@ -60,10 +60,14 @@ class OutputDir:
     def shards(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if SHARD_RE.match(p.name))
 
+    def committed_shards(self) -> list[Path]:
+        """The shards the commit log vouches for (an orphan from a crash is not one of them)."""
+        committed = {c.shard for c in self.log.read()}
+        return [p for p in self.shards() if p.name in committed]
+
     def read_table(self) -> pa.Table:
         """All committed rows; the folder also holds JSON files, so shards are named, not globbed."""
-        committed = {c.shard for c in self.log.read()}
-        paths = [str(p) for p in self.shards() if p.name in committed]
+        paths = [str(p) for p in self.committed_shards()]
         if not paths:
             raise OutputDirError(f"{self.path} has no committed shards")
         return pa.concat_tables(pq.read_table(p) for p in paths)
