@@ -5,7 +5,6 @@ worst items with their thumbnails, reasons and flagged video times, and the erro
 from __future__ import annotations
 
 import base64
-import os
 from collections import Counter
 from html import escape
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..tune.cache import atomic_path
 from .review import Thresholds, severity
 
 MAX_ITEMS = 500
@@ -63,9 +63,8 @@ def write_report(table: pa.Table, categories: Thresholds, path: str | Path,
              "</div><h2>Score distributions</h2><div class=hists>",
              *(_histogram(table, name, review, block) for name, review, block in categories),
              "</div>", _items(table, meta, categories), _errors(meta), "</main></body></html>"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(parts), encoding="utf-8")
     return path
 
 

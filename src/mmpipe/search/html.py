@@ -8,7 +8,6 @@ be read shows its URI instead of failing the page.
 from __future__ import annotations
 
 import base64
-import os
 from html import escape
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..decode.image import decode_image
 from ..stages.media import jpeg
+from ..tune.cache import atomic_path
 from .query import Hit
 
 THUMB_SIDE = 200
@@ -43,9 +43,8 @@ def write_results(hits: Sequence[Hit], path: str | Path, query: str, facts: str)
             f"<meta name=viewport content='width=device-width'><title>{escape(query)}</title>"
             f"<style>{CSS}</style></head><body><header><h1>{escape(query)}</h1>"
             f"<div class=facts>{escape(facts)}</div></header><main>{cards}</main></body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return path
 
 
