@@ -9,11 +9,16 @@ Same model (``random:ViT-B-32``, fp32, identical weights), same N real-photo JPE
       Parquet) without model setup (``stats.wall_s``), and with it (the whole call);
   (c) the model's forward alone on pre-decoded tensors, at (b)'s batch size: the ceiling.
 
+``--runtime compile`` runs (b) as ``mmpipe embed --runtime compile`` (fp32 still, the same
+weights compiled during the model worker's setup) and times (c) on the same compiled model, with
+the eager forward beside it; (a) stays the naive eager loop.
+
 Then the peak RSS of ``mmpipe embed`` as a subprocess on N and on 10·N images (the N files listed
 10 times in a CSV manifest with distinct ids): it should stay flat.
 
     python benchmarks/embed_throughput.py            # N=500, batch 16 (many minutes on a laptop CPU)
     python benchmarks/embed_throughput.py --quick    # N=40, a smoke check
+    python benchmarks/embed_throughput.py --runtime compile --skip-rss
     python benchmarks/embed_throughput.py --device cuda --precision fp16 --batch-size 128 \
         --decode-workers 12 --skip-rss --n 4000     # a GPU: also the GPU's busy share during (b)
 
@@ -31,11 +36,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mmpipe
 from mmpipe.models import load_clip
 from mmpipe.models.clip import projected
+from mmpipe.models.variants import Variant
+from mmpipe.tune.clip_gate import gated_variant
 from mmpipe.sample_data import make_sample_images
 
 MODEL = "random:ViT-B-32"
@@ -56,6 +64,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu).")
     ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (GPU) for every mode.")
     ap.add_argument("--decode-workers", type=int, default=2, help="(b)'s decode threads (default 2).")
+    ap.add_argument("--runtime", default="eager", help="(b)'s and (c)'s runtime: eager or compile.")
     args = ap.parse_args()
     n = 40 if args.quick else args.n
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -91,7 +100,7 @@ def main() -> None:
     with GpuBusy(args.device if gpu else None) as busy:
         result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
                               progress=False, device=args.device, precision=args.precision,
-                              decode_workers=args.decode_workers)
+                              runtime=args.runtime, decode_workers=args.decode_workers)
     whole = time.perf_counter() - t
     assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
     b_rate = n / result.stats.wall_s
@@ -102,6 +111,14 @@ def main() -> None:
 
     c_rate = forward_only(model, pixels, bs, place)
     rows.append((f"(c) model forward only, batch {bs}, pre-decoded tensors", c_rate, n / c_rate))
+    if args.runtime != "eager":
+        eager_rate = c_rate
+        rows[-1] = (f"    eager forward only, batch {bs}", eager_rate, n / eager_rate)
+        variant = Variant(args.precision, args.runtime)
+        clip = gated_variant(load_clip(MODEL, args.device, variant.weights_precision), variant)
+        runtime_model = replace(clip, image_batch=bs).make_embedder().model  # compiled at bs
+        c_rate = forward_only(runtime_model, pixels, bs, place)
+        rows.append((f"(c) {args.runtime} forward only, batch {bs}", c_rate, n / c_rate))
     del pixels
 
     print()
@@ -147,13 +164,14 @@ def forward_only(model, pixels: list, bs: int, place: dict) -> float:
     copied there."""
     import torch
 
-    batches = [torch.cat(pixels[i: i + bs]).to(**place) for i in range(0, len(pixels), bs)]
+    # Whole batches only: a compiled model would compile again for a shorter last one.
+    batches = [torch.cat(pixels[i: i + bs]).to(**place) for i in range(0, len(pixels) - bs + 1, bs)]
     t = time.perf_counter()
     with torch.inference_mode():
         for x in batches:
             out = projected(model.get_image_features(pixel_values=x))
         out.cpu()  # waits for the queued GPU work
-    return len(pixels) / (time.perf_counter() - t)
+    return len(batches) * bs / (time.perf_counter() - t)
 
 
 class GpuBusy:

@@ -59,7 +59,7 @@ def main() -> None:
     pre = load_clip(MODEL).preprocessor
     pixels = np.stack([pre.image(Image.open(p).convert("RGB")) for p in files])
     batches = [pixels[i: i + bs] for i in range(0, n, bs)]
-    print(f"data: {n} JPEGs {w}x{h} in {folder}, pre-decoded to {pixels.shape[1:]} float32")
+    print(f"data: {n} JPEGs {w}x{h} in {folder}, pre-decoded to {pixels.shape[1:]} uint8")
     print(f"model: {MODEL} image tower on cpu, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, {platform.processor() or platform.machine()}; batch {bs}, best of {rounds} rounds")
 

@@ -80,6 +80,23 @@ def test_onnx_export_matches_eager_on_other_inputs(tiny_model_spec):
     assert {p.name for p in onnx_towers(clip, "fp32").values()} == {"image.fp32.onnx", "text.fp32.onnx"}
 
 
+def test_a_compiled_variant_runs_one_image_shape(tiny_model_spec):
+    """Set up at the job's batch size; shorter and longer batches are padded and split to it, so
+    that the job's last batch does not compile again."""
+    from dataclasses import replace
+
+    clip = replace(build(tiny_model_spec, Variant("fp32", "compile")), image_batch=4)
+    compiled = clip.make_embedder()
+    run, shapes = compiled._embed_images, []
+    compiled._embed_images = lambda x: shapes.append(len(x)) or run(x)
+    eager = load_clip(tiny_model_spec).make_embedder()
+    pixels = np.stack([clip.preprocessor.image(photo(seed)) for seed in range(6)])
+    for n in (6, 4, 1):
+        np.testing.assert_allclose(compiled.embed_images(pixels[:n]), eager.embed_images(pixels[:n]),
+                                   atol=1e-5)
+    assert shapes == [4, 4, 4, 4]
+
+
 def test_the_gate_refuses_a_variant_below_it_with_the_figure(tiny_model_spec):
     measured = build(tiny_model_spec, Variant("int8")).accuracy["image"]
     with pytest.raises(AccuracyGateError) as caught:

@@ -35,7 +35,7 @@ class Decoded:
     id: str
     uri: str | None
     text: str | None
-    pixels: np.ndarray | None = None  # model-ready image tensor (C, H, W) float32
+    pixels: np.ndarray | None = None  # resized, cropped image (C, H, W) uint8; the model normalises
     tokens: np.ndarray | None = None  # model-ready token ids (L,) int64
     # A pipelined image tower's activations between two of its parts: (tokens, width) float32.
     hidden: np.ndarray | None = None

@@ -91,7 +91,8 @@ def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
                      device_here=cfg.engine == "local")
     if cfg.variant.is_reference:  # nothing to measure, so no need to go where the model runs
         return ClipVariant.wrap(clip, cfg.variant)
-    return engine.run_once(partial(gated_variant, clip, cfg.variant, cfg.gate), model_resources(cfg))
+    gated = engine.run_once(partial(gated_variant, clip, cfg.variant, cfg.gate), model_resources(cfg))
+    return replace(gated, image_batch=cfg.batch_size)
 
 
 def model_resources(cfg: EmbedConfig) -> Resources:

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ModelLoadError
 from ..tune.cache import atomic_path
-from .clip import ClipEmbedder, LoadedClip, pad_tokens, projected, unit_rows
+from .clip import ClipEmbedder, ClipPreprocessor, LoadedClip, PixelNormaliser, pad_tokens, projected, unit_rows
 
 TOWERS = ("image", "text")
 # An fp32 graph differs from eager fp32 only by the order of float operations.
@@ -29,16 +29,17 @@ EXPORT_MIN_COSINE = 0.9999
 class OnnxClipEmbedder:
     """``ClipEmbedder``'s interface on two onnxruntime sessions."""
 
-    def __init__(self, paths: dict[str, Path], pad_id: int):
+    def __init__(self, paths: dict[str, Path], pre: ClipPreprocessor):
         import onnxruntime as ort
 
         self.sessions = {t: ort.InferenceSession(str(paths[t]), providers=["CPUExecutionProvider"])
                          for t in TOWERS}
-        self.pad_id = pad_id
+        self.pad_id = pre.pad_id
+        self.normalise = PixelNormaliser(pre)
 
     def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        return _unit(self.sessions["image"].run(None, {"pixel_values": pixels})[0])
+        x = self.normalise(np.ascontiguousarray(pixels)).numpy()
+        return _unit(self.sessions["image"].run(None, {"pixel_values": x})[0])
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
         ids, mask = pad_tokens(token_lists, self.pad_id)
@@ -73,12 +74,12 @@ def export_towers(clip: LoadedClip, paths: dict[str, Path]) -> None:
     ids, mask = (torch.from_numpy(a) for a in pad_tokens(tokens, pre.pad_id))
     text_axes = {0: "batch", 1: "sequence"}
     for tower, module, args, axes in (
-            ("image", _ImageTower(model), (torch.from_numpy(pixels),), {"pixel_values": {0: "batch"}}),
+            ("image", _ImageTower(model), (PixelNormaliser(pre)(pixels),), {"pixel_values": {0: "batch"}}),
             ("text", _TextTower(model), (ids, mask), {"input_ids": text_axes, "attention_mask": text_axes})):
         with atomic_path(paths[tower]) as tmp:
             _export(module, args, axes, tmp)
-    reference = ClipEmbedder(model, "cpu", "fp32", pre.pad_id)
-    exported = OnnxClipEmbedder(paths, pre.pad_id)
+    reference = ClipEmbedder(model, pre)
+    exported = OnnxClipEmbedder(paths, pre)
     for tower, want, got in (("image", reference.embed_images(pixels), exported.embed_images(pixels)),
                              ("text", reference.embed_texts(tokens), exported.embed_texts(tokens))):
         worst = float((want * got).sum(axis=1).min())

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .clip import ClipEmbedder, LoadedClip, placement, unit_rows
+from .clip import ClipEmbedder, LoadedClip, PixelNormaliser, placement, unit_rows
 
 
 def split_vision(clip: LoadedClip, parts: int, batch_size: int) -> list[range]:
@@ -108,12 +108,14 @@ class VisionPart:
         keep = steps[0 if self.first else layers.start + 1: layers.stop + 1 + self.last]
         self.device, self.dtype = placement(clip.device, clip.precision)
         self.steps = torch.nn.Sequential(*keep).to(self.device, self.dtype).eval()
+        self.normalise = PixelNormaliser(clip.preprocessor, clip.device, clip.precision)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Pixels (first part) or hidden states → hidden states, or in the last part unit image
-        vectors exactly as ``ClipEmbedder.embed_images`` gives them."""
+        """uint8 pixels (first part) or hidden states → hidden states, or in the last part unit
+        image vectors exactly as ``ClipEmbedder.embed_images`` gives them."""
         with torch.inference_mode():
-            out = self.steps(torch.from_numpy(x).to(self.device, self.dtype))
+            x = self.normalise(x) if self.first else torch.from_numpy(x).to(self.device, self.dtype)
+            out = self.steps(x)
             # float32 carries bf16/fp16 activations exactly, and NumPy has no bf16.
             return unit_rows(out) if self.last else out.float().cpu().numpy()
 
@@ -126,7 +128,7 @@ def text_embedder(clip: LoadedClip) -> ClipEmbedder:
     """A ``ClipEmbedder`` holding the text tower only (``embed_texts``), for the text stage."""
     model = clip.load_model()
     model.vision_model = model.visual_projection = None
-    return ClipEmbedder(model, clip.device, clip.precision, clip.preprocessor.pad_id)
+    return ClipEmbedder(model, clip.preprocessor, clip.device, clip.precision)
 
 
 class _Layer(torch.nn.Module):

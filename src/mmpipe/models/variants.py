@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..tune.cache import cache_dir, cache_key
 from .clip import RANDOM_ARCHS, LoadedClip
@@ -81,6 +83,9 @@ class ClipVariant(LoadedClip):
     variant: Variant = Variant()
     cache: Path | None = None  # the checkpoint's cache folder (exported graphs, measured accuracy)
     accuracy: dict | None = None
+    # The one image batch shape a compiled variant runs (the job's --batch-size): compiled during
+    # the worker's setup, and shorter batches padded up to it.
+    image_batch: int = 16
 
     @classmethod
     def wrap(cls, clip: LoadedClip, variant: Variant) -> "ClipVariant":
@@ -92,12 +97,15 @@ class ClipVariant(LoadedClip):
         if self.variant.runtime == "onnx":
             from .clip_onnx import OnnxClipEmbedder, onnx_towers
 
-            return OnnxClipEmbedder(onnx_towers(self, self.variant.precision), self.preprocessor.pad_id)
+            return OnnxClipEmbedder(onnx_towers(self, self.variant.precision), self.preprocessor)
         embedder = super().make_embedder()
         if self.variant.precision == "int8":
             quantise_linear(embedder.model)
         if self.variant.runtime == "compile":
-            compile_towers(embedder.model)
+            compile_towers(embedder.model, self.device)
+            embedder.image_batch = self.image_batch
+            crop = self.preprocessor.crop
+            embedder.embed_images(np.zeros((self.image_batch, 3, crop, crop), np.uint8))
         return embedder
 
     def describe(self) -> dict:
@@ -121,13 +129,22 @@ def quantise_linear(model) -> None:
         torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def compile_towers(model) -> None:
-    """``torch.compile`` each tower; the first batch of each new shape compiles (seconds to a
-    minute), later ones reuse the compiled code."""
+def compile_towers(model, device: str) -> None:
+    """``torch.compile`` each tower, in the mode that pays on the device:
+
+    - CPU: freezing, so the weights become constants prepacked once into oneDNN's blocked layouts
+      instead of on every product: ViT-B/32's image tower at batch 16 ran 1.29x eager fp32 on
+      this project's 2-core CPU, against 1.01x for a plain compile (and 1.28x for max-autotune,
+      which costs twice the compile time);
+    - CUDA: max-autotune, Triton kernels tuned per shape and the forward replayed as a CUDA graph,
+      so that the CPU launching kernels does not hold the GPU back.
+
+    Each new input shape compiles again (seconds to a minute)."""
     import torch
 
-    model.vision_model = torch.compile(model.vision_model)
-    model.text_model = torch.compile(model.text_model)
+    how = {"mode": "max-autotune"} if device.startswith("cuda") else {"options": {"freezing": True}}
+    model.vision_model = torch.compile(model.vision_model, **how)
+    model.text_model = torch.compile(model.text_model, **how)
 
 
 def checkpoint_cache(clip: LoadedClip) -> Path:
