@@ -61,6 +61,9 @@ def embed(
                                              "e.g. endpoint_url=http://…"),
     pipeline_stages: int = typer.Option(1, help="Split the image tower into K parts balanced by measured "
                                         "layer time, one worker each, streaming micro-batches."),
+    model_replicas: int = typer.Option(1, help="Model workers per device sharing one copy of the weights; "
+                                       "on a GPU each has its own CUDA stream and pinned buffer, so one's "
+                                       "copies overlap another's forward pass."),
     engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
                                               "none to join a running cluster or start a local one."),
@@ -76,7 +79,7 @@ def embed(
                  image_column=image_column, text_column=text_column,
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
-                 engine=engine, ray_address=ray_address,
+                 model_replicas=model_replicas, engine=engine, ray_address=ray_address,
                  storage_options=parse_storage_options(storage_option))
     result = run(progress=progress, **with_config_file(EmbedConfig, config, options, given(ctx)))
     print_summary("embedded", result)

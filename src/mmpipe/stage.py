@@ -6,6 +6,7 @@ list of stages runs on the local engine, on Ray Data and inside the server.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -37,3 +38,26 @@ class Stage:
     # Setup is cheap and keeps no model (reading, decoding): an engine may call it per task and
     # spread the work over every free CPU instead of keeping long-lived workers.
     stateless: bool = False
+
+
+class SharedSetup:
+    """A ``setup`` whose workers in one process share what the first of them built: N model
+    replicas with one copy of the weights, each calling it from its own thread. Pickled (to a Ray
+    actor) it carries only the recipe, so each process builds its own."""
+
+    def __init__(self, setup: Callable[[], BatchFn]):
+        self.setup = setup
+        self._lock = threading.Lock()
+        self._built: BatchFn | None = None
+
+    def __call__(self) -> BatchFn:
+        with self._lock:
+            if self._built is None:
+                self._built = self.setup()
+            return self._built
+
+    def __getstate__(self) -> dict:
+        return {"setup": self.setup}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["setup"])

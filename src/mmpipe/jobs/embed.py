@@ -19,7 +19,7 @@ from ..models.clip import LoadedClip
 from ..models.variants import ClipVariant, Precision, Runtime, Variant
 from ..records import Decoded, Item, Record, Scored
 from ..sources import open_source
-from ..stage import Resources, Stage
+from ..stage import Resources, SharedSetup, Stage
 from ..stages.common import per_item, read_stage
 from ..tune.accuracy import Gate
 from ..tune.clip_gate import gated_variant
@@ -40,6 +40,8 @@ class EmbedConfig(JobConfig):
     fast_decode: bool = True
     # Split the image tower into this many consecutive parts, one worker (device) each.
     pipeline_stages: int = Field(1, ge=1, le=64)
+    # Model workers per device sharing one copy of the weights (see models.device_feed).
+    model_replicas: int = Field(1, ge=1, le=16)
 
     @model_validator(mode="after")
     def _variant_runs_here(self):
@@ -47,6 +49,12 @@ class EmbedConfig(JobConfig):
         if self.pipeline_stages > 1 and (self.precision == "int8" or self.runtime != "eager"):
             raise ConfigError("--pipeline-stages", "splits the eager PyTorch model; it does not combine "
                                                    f"with --precision {self.precision} --runtime {self.runtime}")
+        if self.model_replicas > 1 and self.pipeline_stages > 1:
+            raise ConfigError("--model-replicas", "does not combine with --pipeline-stages")
+        if self.model_replicas > 1 and self.runtime == "compile" and self.device.startswith("cuda"):
+            # max-autotune replays CUDA graphs, which belong to the thread that recorded them.
+            raise ConfigError("--model-replicas", "a model compiled for CUDA runs in one thread; "
+                                                  "use --runtime eager with several replicas")
         return self
 
     @property
@@ -96,7 +104,9 @@ def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
 
 
 def model_resources(cfg: EmbedConfig) -> Resources:
-    return Resources(num_cpus=1, num_gpus=1 if cfg.device.startswith("cuda") else 0)
+    """A model worker's share of a device: with N replicas each takes 1/N of a GPU (on Ray, N
+    actors on each GPU, each with its own weights; in this process they share one copy)."""
+    return Resources(num_cpus=1, num_gpus=1 / cfg.model_replicas if cfg.device.startswith("cuda") else 0)
 
 
 def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
@@ -118,7 +128,8 @@ def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
     consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
     device = model_resources(cfg)
     if cfg.pipeline_stages == 1:
-        return [Stage("embed", lambda: EmbedBatch(clip), batch_size=cfg.batch_size, resources=device)]
+        return [Stage("embed", SharedSetup(partial(EmbedBatch, clip)), batch_size=cfg.batch_size,
+                      concurrency=cfg.model_replicas, resources=device)]
     from ..models.pipeline import split_vision
 
     # Measured once, on the kind of device the parts will run on, so that every worker gets the
@@ -151,7 +162,7 @@ class EmbedBatch:
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
         images = _where_present([r.pixels for r in batch],
-                                lambda xs: self.embedder.embed_images(np.stack(xs)))
+                                self.embedder.embed_images)
         texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
         return [_scored(r, image_embedding=i, text_embedding=t) for r, i, t in zip(batch, images, texts)]
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
+from .device_feed import DeviceFeed
 from .checkpoint import read_checkpoint
 from .spec import ModelSpec
 
@@ -101,25 +102,30 @@ class ClipEmbedder:
         self.dim = int(model.config.projection_dim)
         self.pad_id = pre.pad_id
         self.normalise = PixelNormaliser(pre, device, precision)
+        self.feed = DeviceFeed(self.device)
         # Set for a compiled image tower: it then sees only batches of exactly this many images,
         # the shape it was compiled for (any other shape would compile again, for seconds to a
         # minute; the job's last, shorter batch would pay that).
         self.image_batch: int | None = None
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
-        if self.image_batch is None:
-            return self._embed_images(pixels)
-        return in_fixed_batches(self._embed_images, pixels, self.image_batch)
+    def embed_images(self, pixels: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Unit vectors of a uint8 batch (N, 3, H, W), or of a list of images: stacked here, on a
+        GPU straight into pinned memory. Safe to call from several threads at once."""
+        if self.image_batch is not None:
+            return in_fixed_batches(self._embed_images, np.asarray(pixels), self.image_batch)
+        if not isinstance(pixels, np.ndarray):
+            pixels = self.feed.stack(pixels)
+        return self._embed_images(pixels)
 
     def _embed_images(self, pixels: np.ndarray) -> np.ndarray:
         torch = self.torch
-        with torch.inference_mode():
+        with torch.inference_mode(), self.feed.stream():
             return self._normalised(self.model.get_image_features(pixel_values=self.normalise(pixels)))
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
         torch = self.torch
         ids, mask = pad_tokens(token_lists, self.pad_id)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.feed.stream():
             out = self.model.get_text_features(input_ids=torch.from_numpy(ids).to(self.device),
                                                attention_mask=torch.from_numpy(mask).to(self.device))
             return self._normalised(out)

@@ -37,7 +37,7 @@ class OnnxClipEmbedder:
         self.pad_id = pre.pad_id
         self.normalise = PixelNormaliser(pre)
 
-    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         x = self.normalise(np.ascontiguousarray(pixels)).numpy()
         return _unit(self.sessions["image"].run(None, {"pixel_values": x})[0])
 

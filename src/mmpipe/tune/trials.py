@@ -103,9 +103,11 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
         return _job_measurement(out, "embed", peak)
 
     measure({})  # warm-up, not recorded: the first run in a process pays for imports and caches
+    extras = [{"decode_workers": n} for n in (1, 4)]
+    if opts.device.startswith("cuda"):  # two replicas feeding the GPU in turn (models.device_feed)
+        extras.append({"model_replicas": 2})
     return Task("embed", _variants(opts), "batch_size", _sizes(opts, [4, 8, 16, 32, 64, 128]),
-                [{"decode_workers": n} for n in (1, 4)], check, measure,
-                lambda config: {**base, **config})
+                extras, check, measure, lambda config: {**base, **config})
 
 
 def _sizes(opts: TuneOptions, default: list[int]) -> list[int]:
