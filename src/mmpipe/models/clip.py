@@ -10,6 +10,7 @@ processes at a quarter of its float32 size, and the float work is done on the GP
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +20,8 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
-from .device_feed import DeviceFeed
 from .checkpoint import read_checkpoint
+from .device_feed import DeviceFeed
 from .spec import ModelSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -73,7 +74,11 @@ class ClipPreprocessor:
 
 class PixelNormaliser:
     """uint8 (N, 3, H, W) images → the model's input on its device: scaled to [0, 1], minus the
-    mean, over the standard deviation, in float32, then cast to the model's dtype."""
+    mean, over the standard deviation, in float32, then cast to the model's dtype.
+
+    The float32 batch is written into a buffer each thread reuses: a fresh ~10 MB tensor per
+    batch made glibc's heap grow with the number of batches (peak RSS on 10x the images rose
+    from 1.07x to 1.2x that on 1x)."""
 
     def __init__(self, pre: ClipPreprocessor, device: str = "cpu", precision: str = "fp32"):
         import torch
@@ -84,10 +89,18 @@ class PixelNormaliser:
         std = torch.tensor(pre.std, dtype=torch.float32).view(1, 3, 1, 1)
         self.scale = (1 / (255 * std)).to(self.device)
         self.shift = (-mean / std).to(self.device)
+        self.local = threading.local()
 
     def __call__(self, pixels: np.ndarray):
-        x = self.torch.from_numpy(pixels).to(self.device, non_blocking=True)
-        return (x.float() * self.scale + self.shift).to(self.dtype)
+        """The result is valid until this thread's next call."""
+        torch = self.torch
+        x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None or buffer.numel() < x.numel():
+            buffer = self.local.buffer = torch.empty(x.numel(), dtype=torch.float32, device=self.device)
+        out = buffer[: x.numel()].view(x.shape)
+        torch.mul(x, self.scale, out=out)
+        return out.add_(self.shift).to(self.dtype)
 
 
 class ClipEmbedder:

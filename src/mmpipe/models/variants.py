@@ -133,9 +133,9 @@ def compile_towers(model, device: str) -> None:
     """``torch.compile`` each tower, in the mode that pays on the device:
 
     - CPU: freezing, so the weights become constants prepacked once into oneDNN's blocked layouts
-      instead of on every product: ViT-B/32's image tower at batch 16 ran 1.29x eager fp32 on
-      this project's 2-core CPU, against 1.01x for a plain compile (and 1.28x for max-autotune,
-      which costs twice the compile time);
+      instead of on every product: ViT-B/32's image tower at batch 16 ran 1.04-1.21x eager fp32
+      on this project's 2-core CPU (docs/benchmarks.md), against 1.01x for a plain compile;
+      max-autotune was no faster there and took twice as long to compile;
     - CUDA: max-autotune, Triton kernels tuned per shape and the forward replayed as a CUDA graph,
       so that the CPU launching kernels does not hold the GPU back.
 
