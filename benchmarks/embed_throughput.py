@@ -21,7 +21,7 @@ Then the peak RSS of ``mmpipe embed`` as a subprocess on N and on 10·N images (
     python benchmarks/embed_throughput.py --runtime compile --skip-rss
     python benchmarks/embed_throughput.py --device cuda --precision fp16 --batch-size 128 \
         --decode-workers 12 --skip-rss --n 4000     # a GPU: also the GPU's busy share during (b)
-        # add --model-replicas 2: two model threads feeding the GPU on their own streams
+        # add --model-replicas 2 (two model threads on their own streams), --decode-processes
 
 On a GPU every mode runs there at ``--precision`` ((a) too, still one image at a time), and (c)
 times forward passes over batches already on the GPU: the ceiling the job can approach.
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--decode-workers", type=int, default=2, help="(b)'s decode threads (default 2).")
     ap.add_argument("--runtime", default="eager", help="(b)'s and (c)'s runtime: eager or compile.")
     ap.add_argument("--model-replicas", type=int, default=1, help="(b)'s model workers sharing the weights.")
+    ap.add_argument("--decode-processes", action="store_true", help="(b) decodes in processes, not threads.")
     args = ap.parse_args()
     n = 40 if args.quick else args.n
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -103,11 +104,12 @@ def main() -> None:
         result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
                               progress=False, device=args.device, precision=args.precision,
                               runtime=args.runtime, decode_workers=args.decode_workers,
-                              model_replicas=args.model_replicas)
+                              model_replicas=args.model_replicas, decode_processes=args.decode_processes)
     whole = time.perf_counter() - t
     assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
     b_rate = n / result.stats.wall_s
-    replicas = f", {args.model_replicas} replicas" if args.model_replicas > 1 else ""
+    replicas = (f", {args.model_replicas} replicas" if args.model_replicas > 1 else "") + (
+        ", decode in processes" if args.decode_processes else "")
     rows.append((f"(b) mmpipe.embed, batch {bs}{replicas}, job without model setup", b_rate, result.stats.wall_s))
     rows.append((f"    mmpipe.embed, whole call with {result.stats.setup_s:.1f} s model setup",
                  n / whole, whole))

@@ -40,6 +40,9 @@ def embed(
                               "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
     batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
     decode_workers: int = typer.Option(2, help="Threads decoding and preprocessing images."),
+    decode_processes: bool = typer.Option(False, help="Decode in --decode-workers processes instead of "
+                                          "threads: for many cores feeding a GPU (no shared GIL), and a "
+                                          "decoder crash costs one error row, not the job."),
     read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help=PRECISION_HELP + "."),
@@ -73,7 +76,7 @@ def embed(
     from .jobs.embed import EmbedConfig, embed as run
 
     options = dict(input=input, out=out, model=model, batch_size=batch_size, decode_workers=decode_workers,
-                 read_workers=read_workers, device=device, precision=precision, runtime=runtime,
+                 decode_processes=decode_processes, read_workers=read_workers, device=device, precision=precision, runtime=runtime,
                  min_cosine=min_cosine, limit=limit,
                  overwrite=overwrite, shard_size=shard_size, id_column=id_column,
                  image_column=image_column, text_column=text_column,

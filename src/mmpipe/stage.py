@@ -38,6 +38,10 @@ class Stage:
     # Setup is cheap and keeps no model (reading, decoding): an engine may call it per task and
     # spread the work over every free CPU instead of keeping long-lived workers.
     stateless: bool = False
+    # The local engine runs this stateless stage's workers in processes of their own rather than
+    # threads, so that its Python work never waits for the model's thread's GIL (Ray always
+    # does). ``setup`` must then pickle.
+    in_processes: bool = False
 
 
 class SharedSetup:

@@ -3,14 +3,20 @@
 Queue capacity is the backpressure: a fast stage blocks on a full queue instead of piling
 records up, so memory stays flat however large the input. Decode workers are threads because
 PIL and NumPy release the GIL; each model stage worker calls its stage's ``setup`` once and owns
-the model it returns.
+the model it returns. A stage marked ``in_processes`` keeps its threads but each hands its
+batches to a worker process of its own (``ChildProcess``) and waits, so many decoders never hold
+the GIL the model's thread needs to keep a GPU fed.
 """
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from ..records import Record, failed
@@ -61,6 +67,7 @@ class LocalEngine:
             return run
 
         ready = _Countdown(sum(s.concurrency for s in stages))
+        recipes = {i: shipped_setup(s) for i, s in enumerate(stages) if s.in_processes}
 
         def feed() -> None:
             # Model loading is not throughput: the clock starts once every worker is set up.
@@ -76,7 +83,7 @@ class LocalEngine:
             lock = threading.Lock()
             for w in range(stage.concurrency):
                 work = self._worker(stage, stats.stages[i], queues[i], queues[i + 1], stop,
-                                    remaining, lock, ready)
+                                    remaining, lock, ready, recipes.get(i))
                 threads.append(threading.Thread(target=guard(work), name=f"mmpipe-{stage.name}-{w}",
                                                 daemon=True))
 
@@ -110,9 +117,25 @@ class LocalEngine:
     @staticmethod
     def _worker(stage: Stage, stats: StageStats, inbox: queue.Queue, outbox: queue.Queue,
                 stop: threading.Event, remaining: list[int], lock: threading.Lock,
-                ready: "_Countdown"):
+                ready: "_Countdown", recipe: bytes | None):
         def work() -> None:
-            fn = stage.setup()
+            if recipe is None:
+                serve(stage.setup())
+                return
+            child = ChildProcess(stage.name, recipe)
+            try:
+                try:
+                    child.call(_child_ready)  # the process starts (and sets up) during setup
+                except RuntimeError:
+                    # Spawned children import the parent's main script: an unguarded one runs again.
+                    raise RuntimeError(f"the {stage.name} worker process could not start; a script "
+                                       "that runs a job with worker processes needs its entry point "
+                                       "under `if __name__ == '__main__':`") from None
+                serve(child)
+            finally:
+                child.close()
+
+        def serve(fn: BatchFn) -> None:
             ready.count_down()
             ended = False
             while not ended:
@@ -135,6 +158,63 @@ class LocalEngine:
             if last:
                 _put(outbox, _END, stop)
         return work
+
+
+def shipped_setup(stage: Stage) -> bytes:
+    """The stage's ``setup`` pickled for its worker processes; refused by name if it cannot be."""
+    try:
+        return pickle.dumps(stage.setup)
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ValueError(f"stage {stage.name!r} runs in processes, so its setup must pickle: "
+                         f"{exc}") from None
+
+
+class ChildProcess:
+    """One spawned process running the batch function the shipped ``setup`` builds; each worker
+    thread of an ``in_processes`` stage owns one (spawned, not forked: forking a process that
+    runs threads and OpenMP can deadlock). If it dies — a decoder crashing on a hostile file, the
+    OOM killer — it is replaced and the batch fails with a reason; ``apply_batch`` then retries
+    the items one by one, so only the culprit becomes an error row, where in a thread the crash
+    would have ended the job."""
+
+    def __init__(self, stage_name: str, recipe: bytes):
+        self.stage_name, self.recipe = stage_name, recipe
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_child_setup,
+                                   initargs=(self.recipe,))
+
+    def __call__(self, batch: list[Record]) -> list[Record]:
+        return self.call(_child_call, batch)
+
+    def call(self, fn: Callable, *args):
+        try:
+            return self.pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._start()
+            raise RuntimeError(f"the {self.stage_name} worker process died (crashed or was killed) "
+                               "while this input was in it") from None
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+_child_fn: BatchFn | None = None  # in a ChildProcess: the batch function its setup built
+
+
+def _child_setup(recipe: bytes) -> None:
+    global _child_fn
+    _child_fn = pickle.loads(recipe)()
+
+
+def _child_ready() -> None:
+    pass
+
+
+def _child_call(batch: list[Record]) -> list[Record]:
+    return _child_fn(batch)
 
 
 def apply_batch(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Record]:

@@ -42,6 +42,8 @@ class EmbedConfig(JobConfig):
     pipeline_stages: int = Field(1, ge=1, le=64)
     # Model workers per device sharing one copy of the weights (see models.device_feed).
     model_replicas: int = Field(1, ge=1, le=16)
+    # The decode workers as processes (local engine; see engine.local.ChildPool).
+    decode_processes: bool = False
 
     @model_validator(mode="after")
     def _variant_runs_here(self):
@@ -116,8 +118,10 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
     min_side = 2 * pre.resize_to if cfg.fast_decode else None
     return [
         read_stage(cfg.read_workers),
-        Stage("decode", lambda: per_item("decode", lambda r: preprocess(r, pre, cfg.max_pixels, min_side)),
-              concurrency=cfg.decode_workers, stateless=True),
+        # A picklable setup: with --decode-processes it is shipped to the worker processes.
+        Stage("decode", partial(per_item, "decode", partial(preprocess, pre=pre, max_pixels=cfg.max_pixels,
+                                                             min_side=min_side)),
+              concurrency=cfg.decode_workers, stateless=True, in_processes=cfg.decode_processes),
         *model_stages(clip, cfg, engine),
     ]
 

@@ -104,8 +104,8 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
 
     measure({})  # warm-up, not recorded: the first run in a process pays for imports and caches
     extras = [{"decode_workers": n} for n in (1, 4)]
-    if opts.device.startswith("cuda"):  # two replicas feeding the GPU in turn (models.device_feed)
-        extras.append({"model_replicas": 2})
+    if opts.device.startswith("cuda"):  # feeding the GPU: decoders out of the GIL, two replicas
+        extras += [{"decode_processes": True}, {"model_replicas": 2}]
     return Task("embed", _variants(opts), "batch_size", _sizes(opts, [4, 8, 16, 32, 64, 128]),
                 extras, check, measure, lambda config: {**base, **config})
 
