@@ -42,7 +42,7 @@ class EmbedConfig(JobConfig):
     pipeline_stages: int = Field(1, ge=1, le=64)
     # Model workers per device sharing one copy of the weights (see models.device_feed).
     model_replicas: int = Field(1, ge=1, le=16)
-    # The decode workers as processes (local engine; see engine.local.ChildPool).
+    # The decode workers as processes (local engine; see engine.child_process).
     decode_processes: bool = False
 
     @model_validator(mode="after")
