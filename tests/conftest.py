@@ -153,6 +153,16 @@ def local_http_server(handler):
         httpd.server_close()
 
 
+def by_id(out: Path) -> dict[str, dict]:
+    """A job's output rows keyed by id; an id written twice fails the test."""
+    import mmpipe
+
+    rows = mmpipe.read_output(out).to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id was written twice"
+    return {r["id"]: r for r in rows}
+
+
 def assert_same_rows(got: dict[str, dict], want: dict[str, dict], atol: float = 1e-6) -> None:
     """Two embedding outputs (rows by id) hold the same ids, vectors, metadata and errors."""
     assert got.keys() == want.keys()

@@ -7,7 +7,6 @@ import json
 import os
 from functools import partial
 
-import numpy as np
 import pytest
 
 import mmpipe
@@ -15,6 +14,7 @@ from mmpipe.engine import LocalEngine
 from mmpipe.records import Record, Scored
 from mmpipe.stage import Stage
 from mmpipe.stages.common import per_item
+from tests.conftest import assert_same_rows, by_id
 
 
 def _tag_with_pid(record: Record) -> Record:
@@ -63,17 +63,7 @@ def test_embed_with_decode_processes_equals_threads(image_dir, tiny_model_spec, 
     procs = mmpipe.embed(str(image_dir), str(tmp_path / "procs"), model=tiny_model_spec,
                          batch_size=3, progress=False, decode_processes=True)
     assert (procs.ok, procs.errors) == (threads.ok, threads.errors) == (8, 1)
-    a, b = (by_id(r.out) for r in (threads, procs))
-    assert a.keys() == b.keys()
-    for key, row in a.items():
-        assert row["error"] == b[key]["error"]
-        for col in ("image_embedding", "text_embedding"):
-            if row[col] is not None:
-                np.testing.assert_allclose(row[col], b[key][col], atol=1e-6)
-
-
-def by_id(out) -> dict[str, dict]:
-    return {r["id"]: r for r in mmpipe.read_output(out).to_pylist()}
+    assert_same_rows(by_id(procs.out), by_id(threads.out))
 
 
 def test_cli_flag(image_dir, tiny_model_spec, tmp_path):

@@ -18,8 +18,8 @@ from mmpipe.engine import make_engine  # noqa: E402
 from mmpipe.engine.ray import RayEngine  # noqa: E402
 from mmpipe.records import Item, failed  # noqa: E402
 from mmpipe.stage import Resources, Stage  # noqa: E402
-from tests.conftest import assert_same_rows, kill_at_commit_depths, photo  # noqa: E402
-from tests.e2e.test_cli import by_id, run_cli  # noqa: E402
+from tests.conftest import assert_same_rows, by_id, kill_at_commit_depths, photo  # noqa: E402
+from tests.e2e.test_cli import run_cli  # noqa: E402
 from tests.test_moderate import media  # noqa: E402,F401 - the moderation test media, reused
 
 

@@ -15,7 +15,7 @@ from mmpipe.cli import main
 from mmpipe.models import load_clip
 from mmpipe.models.device_feed import DeviceFeed
 from mmpipe.stage import SharedSetup
-from tests.conftest import photo
+from tests.conftest import assert_same_rows, by_id, photo
 
 
 def test_replicas_share_one_model_and_give_the_same_vectors(image_dir, tiny_model_spec, tmp_path):
@@ -26,12 +26,7 @@ def test_replicas_share_one_model_and_give_the_same_vectors(image_dir, tiny_mode
     assert (two.ok, two.errors) == (one.ok, one.errors)
     embed = next(s for s in two.stats.stages if s.name == "embed")
     assert embed.concurrency == 2 and embed.batches >= 2
-    a, b = (by_id(r.out) for r in (one, two))
-    assert a.keys() == b.keys()
-    for key, row in a.items():
-        for col in ("image_embedding", "text_embedding"):
-            if row[col] is not None:
-                np.testing.assert_allclose(row[col], b[key][col], atol=1e-6)
+    assert_same_rows(by_id(two.out), by_id(one.out))
 
 
 def test_shared_setup_builds_once_per_process():
@@ -105,7 +100,3 @@ def test_bad_replica_counts_are_one_line_exit_2(image_dir, tiny_model_spec, tmp_
     assert caught.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mmpipe: error: --model-replicas"), lines
-
-
-def by_id(out) -> dict[str, dict]:
-    return {r["id"]: r for r in mmpipe.read_output(out).to_pylist()}

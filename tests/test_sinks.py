@@ -14,7 +14,7 @@ from mmpipe.errors import OutputDirError
 from mmpipe.records import Scored, failed
 from mmpipe.sinks import CommitLog, OutputDir, ParquetShardSink
 from mmpipe.sinks.commit_log import Commit
-from tests.conftest import assert_same_rows, photo
+from tests.conftest import assert_same_rows, by_id, photo
 
 SIG = {"job": "test", "model": "m1", "precision": "fp32"}
 
@@ -181,13 +181,6 @@ def run(photos, out, model, **kw):
     return mmpipe.embed(str(photos), str(out), model=model, **kw)
 
 
-def rows_by_id(out: Path) -> dict[str, dict]:
-    rows = mmpipe.read_output(out).to_pylist()
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), "an id was written twice"
-    return {r["id"]: r for r in rows}
-
-
 def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "_manifest.json"}
 
@@ -197,7 +190,7 @@ def reference(photos, tiny_model_spec, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("reference") / "out"
     result = run(photos, out, tiny_model_spec, batch_size=5, shard_size=100)
     assert (result.ok, result.errors) == (20, 1)
-    return rows_by_id(out)
+    return by_id(out)
 
 
 def test_shards_and_numbering_continue_after_commits(photos, tiny_model_spec, reference, tmp_path):
@@ -215,7 +208,7 @@ def test_shards_and_numbering_continue_after_commits(photos, tiny_model_spec, re
     for c in commits:
         assert shard_ids(out / c.shard) == c.ids
     assert sorted(OutputDir(out).shards()) == sorted(out / c.shard for c in commits)
-    assert_same_rows(rows_by_id(out), reference)
+    assert_same_rows(by_id(out), reference)
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["shards"] == 8
     assert manifest["counts"] == {"rows": 21, "ok": 20, "errors": 1}
@@ -267,7 +260,7 @@ def test_overwrite_starts_again(photos, tiny_model_spec, tmp_path):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["signature"]["precision"] == "bf16"
     assert json.loads((out / "stats.json").read_text())["items"] == 21
-    assert len(rows_by_id(out)) == 21
+    assert len(by_id(out)) == 21
 
 
 def test_crash_mid_job_then_resume_gives_every_id_once(photos, tiny_model_spec, reference,
@@ -298,7 +291,7 @@ def test_crash_mid_job_then_resume_gives_every_id_once(photos, tiny_model_spec, 
     assert [i for c in commits[:keep] for i in c.ids] == done_before
     assert sorted(p.name for p in OutputDir(out).shards()) == [c.shard for c in commits]
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    assert_same_rows(rows_by_id(out), reference)
+    assert_same_rows(by_id(out), reference)
     assert json.loads((out / "_manifest.json").read_text())["counts"] == {
         "rows": 21, "ok": 20, "errors": 1}
 
@@ -311,5 +304,5 @@ def test_crash_before_any_commit(photos, tiny_model_spec, reference, tmp_path):
             p.write_bytes(b'{"shard": "part-0')
     result = run(photos, out, tiny_model_spec)
     assert result.skipped == 0 and result.ok + result.errors == 21
-    assert_same_rows(rows_by_id(out), reference)
+    assert_same_rows(by_id(out), reference)
 

@@ -21,7 +21,7 @@ from mmpipe.serve.embeddings import embedding_model
 from mmpipe.tune import clip_gate
 from mmpipe.tune.accuracy import AccuracyGateError, Gate
 from mmpipe.tune.clip_gate import gated_variant
-from tests.conftest import RunningServer, photo
+from tests.conftest import RunningServer, by_id, photo
 
 NO_GATE = Gate(min_mean_cosine=-1)
 # The least mean cosine to eager fp32 each variant must measure on the tiny model.
@@ -160,7 +160,3 @@ def test_bad_variant_flags_are_one_line_exit_2(image_dir, tiny_model_spec, tmp_p
 def test_serve_config_names_the_bad_field(tiny_model_spec):
     with pytest.raises(ConfigError, match=r"^embeddings\.precision: fp16 needs"):
         embedding_model(ServeConfig(embeddings=Embeddings(model=tiny_model_spec, precision="fp16")))
-
-
-def by_id(out) -> dict[str, dict]:
-    return {r["id"]: r for r in mmpipe.read_output(out).to_pylist()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import mmpipe
-from tests.conftest import assert_same_rows, kill_at_commit_depths, photo
+from tests.conftest import assert_same_rows, by_id, kill_at_commit_depths, photo
 
 MMPIPE = [sys.executable, "-m", "mmpipe.cli"]
 
@@ -33,13 +33,6 @@ def many_images(tmp_path_factory) -> Path:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (folder / "empty.png").write_bytes(b"")
     return folder
-
-
-def by_id(out: Path) -> dict[str, dict]:
-    rows = mmpipe.read_output(out).to_pylist()
-    ids = [r["id"] for r in rows]
-    assert len(ids) == len(set(ids)), "an id was written twice"
-    return {r["id"]: r for r in rows}
 
 
 def test_embed_ok_and_error_rows_exit_0(many_images, tiny_model_spec, tmp_path):
