@@ -76,7 +76,8 @@ def embed(
     from .jobs.embed import EmbedConfig, embed as run
 
     options = dict(input=input, out=out, model=model, batch_size=batch_size, decode_workers=decode_workers,
-                 decode_processes=decode_processes, read_workers=read_workers, device=device, precision=precision, runtime=runtime,
+                 decode_processes=decode_processes, read_workers=read_workers, device=device,
+                 precision=precision, runtime=runtime,
                  min_cosine=min_cosine, limit=limit,
                  overwrite=overwrite, shard_size=shard_size, id_column=id_column,
                  image_column=image_column, text_column=text_column,

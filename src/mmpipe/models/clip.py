@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
 from .checkpoint import read_checkpoint
-from .device_feed import DeviceFeed
+from .device_feed import DeviceFeed, thread_buffer
 from .spec import ModelSpec
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,10 +95,8 @@ class PixelNormaliser:
         """The result is valid until this thread's next call."""
         torch = self.torch
         x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
-        buffer = getattr(self.local, "buffer", None)
-        if buffer is None or buffer.numel() < x.numel():
-            buffer = self.local.buffer = torch.empty(x.numel(), dtype=torch.float32, device=self.device)
-        out = buffer[: x.numel()].view(x.shape)
+        out = thread_buffer(self.local, x.numel(), lambda n: torch.empty(n, dtype=torch.float32,
+                                                                          device=self.device)).view(x.shape)
         torch.mul(x, self.scale, out=out)
         return out.add_(self.shift).to(self.dtype)
 

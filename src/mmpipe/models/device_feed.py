@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -33,10 +33,9 @@ class DeviceFeed:
             return np.stack(arrays)
         shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
         size = int(np.prod(shape)) * dtype.itemsize
-        buffer = getattr(self.local, "buffer", None)
-        if buffer is None or buffer.numel() < size:
-            buffer = self.local.buffer = self.torch.empty(size, dtype=self.torch.uint8, pin_memory=True)
-        return np.stack(arrays, out=buffer[:size].numpy().view(dtype).reshape(shape))
+        buffer = thread_buffer(self.local, size, lambda n: self.torch.empty(n, dtype=self.torch.uint8,
+                                                                            pin_memory=True))
+        return np.stack(arrays, out=buffer.numpy().view(dtype).reshape(shape))
 
     def stream(self):
         """This thread's CUDA stream as a context (nothing on a CPU)."""
@@ -46,3 +45,13 @@ class DeviceFeed:
         if stream is None:
             stream = self.local.stream = self.torch.cuda.Stream(self.device)
         return self.torch.cuda.stream(stream)
+
+
+def thread_buffer(local: threading.local, numel: int, make: Callable[[int], object]):
+    """The first ``numel`` elements of this thread's buffer kept in ``local``, made by
+    ``make(numel)`` when it has none or one too small: reused batch after batch, so the heap does
+    not grow with the number of batches."""
+    buffer = getattr(local, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = local.buffer = make(numel)
+    return buffer[:numel]
