@@ -108,9 +108,9 @@ def main() -> None:
     whole = time.perf_counter() - t
     assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
     b_rate = n / result.stats.wall_s
-    replicas = (f", {args.model_replicas} replicas" if args.model_replicas > 1 else "") + (
+    options = (f", {args.model_replicas} replicas" if args.model_replicas > 1 else "") + (
         ", decode in processes" if args.decode_processes else "")
-    rows.append((f"(b) mmpipe.embed, batch {bs}{replicas}, job without model setup", b_rate, result.stats.wall_s))
+    rows.append((f"(b) mmpipe.embed, batch {bs}{options}, job without model setup", b_rate, result.stats.wall_s))
     rows.append((f"    mmpipe.embed, whole call with {result.stats.setup_s:.1f} s model setup",
                  n / whole, whole))
     shutil.rmtree(out, ignore_errors=True)
@@ -118,8 +118,7 @@ def main() -> None:
     c_rate = forward_only(model, pixels, bs, place)
     rows.append((f"(c) model forward only, batch {bs}, pre-decoded tensors", c_rate, n / c_rate))
     if args.runtime != "eager":
-        eager_rate = c_rate
-        rows[-1] = (f"    eager forward only, batch {bs}", eager_rate, n / eager_rate)
+        rows[-1] = (f"    eager forward only, batch {bs}", c_rate, n / c_rate)
         variant = Variant(args.precision, args.runtime)
         clip = gated_variant(load_clip(MODEL, args.device, variant.weights_precision), variant)
         runtime_model = replace(clip, image_batch=bs).make_embedder().model  # compiled at bs
