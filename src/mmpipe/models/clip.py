@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
-from .checkpoint import read_checkpoint
+from .checkpoint import TokenIds, read_checkpoint
 from .device_feed import DeviceFeed, thread_buffer
 from .spec import ModelSpec
 
@@ -47,6 +47,10 @@ class ClipPreprocessor:
     std: tuple[float, float, float]
     tokenizer: object
     max_tokens: int
+    token_ids: TokenIds = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "token_ids", TokenIds(self.tokenizer, self.max_tokens))
 
     def image(self, img: Image.Image) -> np.ndarray:
         """RGB image → (3, crop, crop) uint8, resized and cropped as CLIP's reference image
@@ -64,8 +68,7 @@ class ClipPreprocessor:
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     def text(self, text: str) -> np.ndarray:
-        ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
-        return np.asarray(ids, dtype=np.int64)
+        return self.token_ids(text)
 
     @property
     def pad_id(self) -> int:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ModelLoadError
-from .checkpoint import read_checkpoint
+from .checkpoint import TokenIds, read_checkpoint
 from .spec import ModelSpec
 
 class TextEncoder:
@@ -71,11 +71,7 @@ def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool =
     config, tokenizer = read_checkpoint(folder, AutoConfig, allow_pickle, "a text encoder")
     pooling = _pooling(folder)
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-
-    def tokenize(text: str) -> np.ndarray:
-        return np.asarray(tokenizer(text, truncation=True, max_length=limit)["input_ids"], dtype=np.int64)
-
-    return LoadedTextEncoder(tokenize, lambda: TextEncoder(folder, pooling, allow_pickle, device),
+    return LoadedTextEncoder(TokenIds(tokenizer, limit), lambda: TextEncoder(folder, pooling, allow_pickle, device),
                              int(config.hidden_size), spec)
 
 
