@@ -100,7 +100,9 @@ def create_app(config: ServeConfig) -> FastAPI:
             body = await _json_body(request, config.max_body_bytes)
             if answer is None:
                 raise missing()
-            return await _answer(answer(body), config.request_timeout_s)
+            # A response, not the dict: FastAPI would walk every value of a dict it is handed
+            # (jsonable_encoder) before encoding it, per request, for plain JSON types.
+            return JSONResponse(await _answer(answer(body), config.request_timeout_s))
 
         app.post(path)(route)
 
@@ -147,11 +149,13 @@ class LatencyMiddleware:
 
 async def _answer(work: Awaitable[dict], timeout_s: float) -> dict:
     try:
-        return await asyncio.wait_for(work, timeout=timeout_s)
+        # In the request's own task: Python 3.11's wait_for wraps the work in a task of its own.
+        async with asyncio.timeout(timeout_s):
+            return await work
     except Overloaded as exc:
         raise RequestError(f"server overloaded: {exc}; retry later", status=429,
                            code="overloaded", headers={"Retry-After": "1"}) from None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RequestError(f"request took longer than {timeout_s} s", status=504,
                            code="timeout") from None
 

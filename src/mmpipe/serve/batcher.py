@@ -149,11 +149,16 @@ class DynamicBatcher:
                 with self.cond:
                     self.running[replica] = (0, 0.0)
             results, error = outcome
+            answers: dict[asyncio.AbstractEventLoop, list] = {}
             start = 0
             for r in requests:
                 done = None if error else results[start:start + len(r.items)]
                 start += len(r.items)
-                r.loop.call_soon_threadsafe(_settle, r.future, done, error)
+                answers.setdefault(r.loop, []).append((r.future, done, error))
+            # One wake-up of each event loop per batch, not one per request: each is a system
+            # call (a write to the loop's self-pipe) and a turn of the loop.
+            for loop, settled in answers.items():
+                loop.call_soon_threadsafe(_settle, settled)
 
     def _collect(self, replica: int) -> list[_Request] | None:
         """Requests for one batch: the oldest live one, then others that arrive within
@@ -219,10 +224,11 @@ class DynamicBatcher:
         return chunk + [copy.deepcopy(chunk[-1]) for _ in range(target - len(chunk))]
 
 
-def _settle(future: asyncio.Future, result, exc) -> None:
-    if future.done():  # the client went away
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+def _settle(answers: list[tuple[asyncio.Future, list | None, BaseException | None]]) -> None:
+    for future, result, exc in answers:
+        if future.done():  # the client went away
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
