@@ -6,7 +6,8 @@ configurations (one tuned for throughput; the same with a delay budget, `max_que
 latency under overload). They are started one after the other so that they never share the CPU;
 this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
 
-For each server: the unloaded latency (a trickle of requests), then a sweep of offered rates.
+For each server: the unloaded latency (a trickle of requests), then a sweep of offered rates,
+refined by bisection around the p99 budget.
 Figures, for each dynamic configuration:
 1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
    refusals, dynamic / batch-1 (target >= 3);
@@ -73,10 +74,27 @@ def sweep(url: str, start: float, seconds: float) -> list[LoadResult]:
         rate *= 1.25
 
 
+def in_budget(r: LoadResult) -> bool:
+    return r.non_200_share == 0 and (r.ok_latency.p99_ms or 1e9) <= BUDGET_MS
+
+
+def refine(url: str, runs: list[LoadResult], seconds: float, steps: int = 2) -> list[LoadResult]:
+    """Bisect between the fastest rate within the budget and the next rate tried, which was not.
+    The sweep's 25 % steps alone would quantise the throughput ratio to powers of 1.25 (2.44
+    or 3.05, never anything between), whichever side of a step each server happened to land."""
+    good = max((r.offered_rate for r in runs if in_budget(r)), default=None)
+    bad = min((r.offered_rate for r in runs if good and r.offered_rate > good), default=None)
+    extra = []
+    for _ in range(steps if good and bad else 0):
+        r = load(url, (good * bad) ** 0.5, seconds)
+        extra.append(r)
+        show("refine", r)
+        good, bad = (r.offered_rate, bad) if in_budget(r) else (good, r.offered_rate)
+    return extra
+
+
 def within_budget(runs: list[LoadResult]) -> float:
-    good = [r.throughput for r in runs
-            if r.non_200_share == 0 and (r.ok_latency.p99_ms or 1e9) <= BUDGET_MS]
-    return max(good, default=0.0)
+    return max((r.throughput for r in runs if in_budget(r)), default=0.0)
 
 
 def capacity(runs: list[LoadResult]) -> float:
@@ -117,6 +135,7 @@ def main() -> None:
                 unloaded[label] = load(url, 5, hold_s)
                 show("unloaded", unloaded[label])
                 curves[label] = sweep(url, 40 if label == "batch-1" else 80, step_s)
+                curves[label] += refine(url, curves[label], step_s)
                 caps[label], budget[label] = capacity(curves[label]), within_budget(curves[label])
                 print(f"  capacity {caps[label]:.0f}/s; within the p99 budget {budget[label]:.0f}/s", flush=True)
                 if label in DYNAMIC:
