@@ -149,6 +149,32 @@ def test_requests_that_would_wait_too_long_are_429_while_the_queue_has_room():
         s.stop()
 
 
+def test_a_full_server_refuses_at_the_door_before_reading_the_body():
+    """While the queue is full, a request is refused before its body is read: even a broken body
+    gets the 429 (not the 400 that parsing it would give), with the same OpenAI-style error."""
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=1, max_wait_ms=0,
+                                                                   max_queue=4))))
+    images = [{"type": "image_url", "image_url": {"url": data_url(f"caption number {i} to read")}}
+              for i in range(4)]
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            filling = pool.submit(s.post, "/v1/moderations", {"input": images})
+            while s.get("/readyz")[1]["queued"] < 4:
+                assert not filling.done(), "the four images were moderated before the check"
+            refused = [s.post("/v1/moderations", b"{broken"), s.post("/v1/moderations", {"input": "hi"})]
+            assert filling.result()[0] == 200
+        for code, headers, body in refused:
+            assert code == 429 and headers.get("Retry-After") == "1"
+            assert body["error"]["code"] == "overloaded"
+            assert "4 items already queued" in body["error"]["message"]
+        assert s.post("/v1/moderations", b"{broken")[0] == 400  # room again: parsed, and refused for it
+        metrics = s.get_text("/metrics")[1]
+        assert 'mmpipe_errors_total{reason="overloaded"} 2.0' in metrics
+        assert 'mmpipe_request_seconds_count{route="/v1/moderations",status="429"} 2.0' in metrics
+    finally:
+        s.stop()
+
+
 def test_timeouts_are_504(tmp_path):
     s = RunningServer(create_app(ServeConfig(request_timeout_s=0.01)))
     try:

@@ -95,21 +95,29 @@ class DynamicBatcher:
             own = self.batch_times.seconds(self._shape(rest + 1))
             return (running + full * full_batch) / self.cfg.replicas + own
 
+    def refusal(self, items: int = 1) -> str | None:
+        """Why a request of ``items`` would be refused now; None if it would be admitted. The
+        server asks with one item before it reads a request's body (see ``OverloadShedding``)."""
+        with self.cond:
+            if self.admitted + items > self.cfg.max_queue:
+                return f"{self.admitted} items already queued (limit {self.cfg.max_queue})"
+            # An empty queue admits whatever the estimate says: refusing would shorten no one's
+            # wait, and the estimate only learns from batches that run.
+            budget = self.cfg.max_queue_delay_ms
+            if budget is not None and self.admitted:
+                wait = self.estimated_wait(items)
+                if wait is not None and wait * 1000 > budget:
+                    return f"estimated wait {wait * 1000:.0f} ms exceeds max_queue_delay_ms {budget:g}"
+            return None
+
     async def submit(self, items: Sequence[Any]) -> list[Any]:
         """Records for ``items`` (in order): prepared (media in a thread of this request's own),
         then batched with other requests' items. Raises Overloaded when they cannot be admitted,
         before any work is spent on them."""
         with self.cond:
-            if self.admitted + len(items) > self.cfg.max_queue:
-                raise Overloaded(f"{self.admitted} items already queued (limit {self.cfg.max_queue})")
-            # An empty queue admits whatever the estimate says: refusing would shorten no one's
-            # wait, and the estimate only learns from batches that run.
-            budget = self.cfg.max_queue_delay_ms
-            if budget is not None and self.admitted:
-                wait = self.estimated_wait(len(items))
-                if wait is not None and wait * 1000 > budget:
-                    raise Overloaded(f"estimated wait {wait * 1000:.0f} ms exceeds "
-                                     f"max_queue_delay_ms {budget:g}")
+            reason = self.refusal(len(items))
+            if reason is not None:
+                raise Overloaded(reason)
             self.admitted += len(items)
             self.metrics.queue_depth.labels(self.name).set(self.admitted)
             self.preparing += 1
