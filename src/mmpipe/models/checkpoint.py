@@ -51,7 +51,8 @@ class TokenIds:
 
             self.core = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
             self.core.no_padding()
-            self.core.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
+            side = getattr(tokenizer, "truncation_side", "right")
+            self.core.enable_truncation(max_length, direction=side)
 
     def __call__(self, text: str) -> np.ndarray:
         if self.core is not None:

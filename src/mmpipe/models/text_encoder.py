@@ -71,7 +71,8 @@ def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool =
     config, tokenizer = read_checkpoint(folder, AutoConfig, allow_pickle, "a text encoder")
     pooling = _pooling(folder)
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-    return LoadedTextEncoder(TokenIds(tokenizer, limit), lambda: TextEncoder(folder, pooling, allow_pickle, device),
+    return LoadedTextEncoder(TokenIds(tokenizer, limit),
+                             lambda: TextEncoder(folder, pooling, allow_pickle, device),
                              int(config.hidden_size), spec)
 
 
