@@ -6,7 +6,8 @@ configurations (one tuned for throughput; the same with a delay budget, `max_que
 latency under overload). They are started one after the other so that they never share the CPU;
 this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
 
-For each server: the unloaded latency (a trickle of requests), then a sweep of offered rates,
+First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
+batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a sweep of offered rates,
 refined by bisection around the p99 budget.
 Figures, for each dynamic configuration:
 1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
@@ -25,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from mmpipe.loadtest import LoadResult, run_load
+from mmpipe.models import ModelSpec
+from mmpipe.models.text_encoder import load_text_encoder
 from mmpipe.sample_data import SOURCES
 from mmpipe.serve.process import serve_process
 
@@ -101,6 +106,24 @@ def capacity(runs: list[LoadResult]) -> float:
     return max(r.throughput for r in runs if r.non_200_share <= 0.01)
 
 
+def model_alone(batch_sizes=(1, 4, 8, 16, 32), rounds: int = 30) -> dict[int, float]:
+    """Milliseconds per text of the model alone, in this process, at each batch size: the most
+    batching can gain, before any per-request cost (HTTP, JSON, the load generator)."""
+    encoder = load_text_encoder(ModelSpec.parse(MODEL))
+    model, rng = encoder.make_encoder(), random.Random(0)
+    tokens = [encoder.tokenize(p["input"]) for p in PAYLOADS]
+    per_item = {}
+    for size in batch_sizes:
+        batches = [rng.choices(tokens, k=size) for _ in range(rounds + 5)]
+        for batch in batches[:5]:  # warm-up
+            model.embed_texts(batch)
+        t0 = time.perf_counter()
+        for batch in batches[5:]:
+            model.embed_texts(batch)
+        per_item[size] = (time.perf_counter() - t0) * 1000 / (rounds * size)
+    return per_item
+
+
 def plot(curves: dict[str, list[LoadResult]], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -125,6 +148,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs (noisier figures)")
     args = parser.parse_args()
     step_s, hold_s = (4, 8) if args.quick else (8, 20)
+    alone = model_alone()
+    print("the model alone, ms per text by batch size: "
+          + ", ".join(f"{b}: {ms:.2f}" for b, ms in alone.items())
+          + f" (batching gains at most {alone[1] / min(alone.values()):.2f}x)", flush=True)
     curves, unloaded, caps, budget, at70, over = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, batching in SERVERS.items():
@@ -164,6 +191,7 @@ def main() -> None:
     docs = Path(__file__).resolve().parent.parent / "docs"
     plot(curves, docs / "serve-latency.png")
     report = {"budget_ms": BUDGET_MS, "servers": SERVERS, "figures": figures,
+              "model_alone_ms_per_text": alone,
               "sweeps": {k: [asdict(r) for r in v] for k, v in curves.items()},
               "unloaded": {k: asdict(v) for k, v in unloaded.items()},
               "at70": {k: asdict(v) for k, v in at70.items()},
