@@ -7,8 +7,8 @@ latency under overload). They are started one after the other so that they never
 this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
 
 First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
-batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a sweep of offered rates,
-refined by bisection around the p99 budget.
+batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a
+sweep of offered rates, refined by bisection around the p99 budget.
 Figures, for each dynamic configuration:
 1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
    refusals, dynamic / batch-1 (target >= 3);
