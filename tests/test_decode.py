@@ -77,7 +77,8 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "notes.png": (b"this is a text file, not a picture\n" * 20, "unrecognised"),
         "scan.tiff": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"
                       b"trailer\n<< /Root 1 0 R >>\n%%EOF\n", "unrecognised"),
-        # HEIF ("ftyp heic"): a real format, but not one this decoder can read
+        # HEIF's brand ("ftyp heic") and an empty meta box: no image in it to identify, as with a
+        # PNG cut short in its header (real HEIC files are in test_heic.py)
         "phone.heic": (struct.pack(">I", 24) + b"ftypheic\x00\x00\x00\x00mif1heic"
                        + struct.pack(">I", 8) + b"meta", "unrecognised"),
         "bomb.png": (crafted_png_bomb(), "too large"),

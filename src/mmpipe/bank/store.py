@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
+from ..decode.image import DecodeError, decode_image
 from ..errors import MmpipeError
 from ..models.spec import ModelSpec
 from ..tune.cache import atomic_path
@@ -141,9 +141,9 @@ def add_files(path: str | Path, files: Iterable[str | Path], label: str | None =
     for f in files:
         data = Path(f).read_bytes()
         try:
-            with Image.open(Path(f)) as img:
-                image = ImageOps.exif_transpose(img).convert("RGB")
-        except (OSError, ValueError) as exc:
+            # decoded as moderation decodes what it matches (alpha on white, HEIC, pixel cap)
+            image, _ = decode_image(data)
+        except DecodeError as exc:
             raise BankError(f"{f}: not an image ({exc})") from None
         uncropped.append(len(entries))
         for variant, crop in (("full", 0.0), *((f"crop{c:g}", c) for c in CROPS)):

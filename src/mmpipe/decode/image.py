@@ -1,8 +1,9 @@
 """Image bytes → an RGB PIL image, correctly for the awkward cases.
 
 Handles CMYK, palette, 16-bit, alpha (composited on white, so hidden colour under transparent
-pixels does not leak in), EXIF rotation and animations (first frame). The pixel cap is checked
-from the header, before any pixel is decoded, which is what stops decompression bombs.
+pixels does not leak in), EXIF rotation, animations (first frame) and HEIC/HEIF (iPhone photos,
+through libheif). The pixel cap is checked from the header, before any pixel is decoded, which is
+what stops decompression bombs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pi_heif import register_heif_opener
 
 DEFAULT_MAX_PIXELS = 64_000_000
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -20,6 +22,12 @@ _TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 # Our own cap is checked first; PIL's bomb check is turned off so that it cannot disagree.
 Image.MAX_IMAGE_PIXELS = None
+# HEIC/HEIF for Image.open: pi-heif, pillow-heif's decode-only twin (libheif and libde265, both
+# LGPL; pillow-heif's wheel adds the GPL x265 encoder). libheif applies the file's irot/imir
+# rotation while decoding and the plugin resets EXIF orientation to 1, so the header size is the
+# displayed size and exif_transpose below does not rotate twice. No thumbnails: draft() must
+# never swap in an embedded one, a separate picture that need not match the image it stands for.
+register_heif_opener(thumbnails=False)
 
 
 class DecodeError(ValueError):
@@ -54,8 +62,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise
     except UnidentifiedImageError:
         raise DecodeError("unsupported or unrecognised image format") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DecodeError(f"corrupt image: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, RuntimeError) as exc:
+        # RuntimeError: libheif refusing a bitstream larger than the header said (its security
+        # limits); strip(): libheif's messages end in a newline
+        raise DecodeError(f"corrupt image: {str(exc).strip()}") from None
     return rgb, size
 
 
