@@ -311,7 +311,7 @@ def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_t
     monkeypatch.chdir(tiny_clip.parent)  # the bank's model, named by a relative path
     result = mmpipe.moderate(str(inputs), str(tmp_path / "out"), policy=str(policy), progress=False,
                              clip_model=f"path:{tiny_clip.name}")
-    assert [s.name for s in result.stats.stages] == ["read", "decode", "clip", "bank", "decide"]
+    assert [s.name for s in result.stats.stages] == ["decode", "clip", "bank", "decide"]
     rows = {r["id"]: r for r in mmpipe.read_output(tmp_path / "out").to_pylist()}
     assert rows["unrelated.png"]["action"] == "allow" and rows["unrelated.png"]["bank_match"] is None
     assert rows["copy.jpg"]["action"] == "block", rows["copy.jpg"]

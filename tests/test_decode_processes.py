@@ -27,7 +27,7 @@ def _tag_with_pid(record: Record) -> Record:
 def run(ids: list[str], stage: Stage) -> dict[str, Record]:
     out: dict[str, Record] = {}
     items = [Scored(id=i, uri=None, text=None) for i in ids]
-    LocalEngine().run(items, [stage], lambda r: out.__setitem__(r.id, r))
+    LocalEngine().run(items, [stage], lambda chunk: out.update((r.id, r) for r in chunk))
     return out
 
 

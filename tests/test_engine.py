@@ -85,7 +85,7 @@ def test_every_record_exactly_once_through_three_stages():
         Stage("c", tagging("c", seen["c"]), batch_size=7, concurrency=4),
     ]
     out: list[Record] = []
-    stats = run_guarded(lambda: LocalEngine().run(iter(records(n)), stages, out.append))
+    stats = run_guarded(lambda: LocalEngine().run(iter(records(n)), stages, out.extend))
 
     ids = Counter(r.id for r in out)
     assert set(ids) == {f"r{i}" for i in range(n)} and set(ids.values()) == {1}
@@ -103,9 +103,9 @@ def test_every_record_exactly_once_through_three_stages():
 def test_empty_input_and_no_stages():
     out: list[Record] = []
     stats = run_guarded(lambda: LocalEngine().run(iter([]), [Stage("a", tagging("a"), 4, 2)],
-                                                  out.append))
+                                                  out.extend))
     assert out == [] and stats.items == 0 and stats.stages[0].batches == 0
-    stats = run_guarded(lambda: LocalEngine().run(iter(records(10)), [], out.append))
+    stats = run_guarded(lambda: LocalEngine().run(iter(records(10)), [], out.extend))
     assert [r.id for r in out] == [f"r{i}" for i in range(10)] and stats.items == 10
 
 
@@ -119,7 +119,7 @@ def test_a_failing_item_fails_alone_with_the_stage_name():
     ]
     out: dict[str, Record] = {}
     run_guarded(lambda: LocalEngine().run(iter(records(n)), stages,
-                                          lambda r: out.__setitem__(r.id, r)))
+                                          lambda chunk: out.update((r.id, r) for r in chunk)))
     assert len(out) == n
     bad = out.pop("r13")
     assert bad.error == "flaky: ValueError: cannot handle r13"
@@ -139,7 +139,7 @@ def test_records_with_error_skip_every_stage_but_reach_consume():
               Stage("b", tagging("b", seen), batch_size=2)]
     out: dict[str, Record] = {}
     stats = run_guarded(lambda: LocalEngine().run(iter(inputs), stages,
-                                                  lambda r: out.__setitem__(r.id, r)))
+                                                  lambda chunk: out.update((r.id, r) for r in chunk)))
     assert len(out) == 20 and stats.items == 20
     for i in (0, 7, 19):
         assert out[f"r{i}"].error == "read: no such file"
@@ -159,7 +159,7 @@ def test_a_batch_of_only_errors_is_not_a_call():
 
     inputs = [failed(r, "read: gone") for r in records(6)]
     out = []
-    stats = run_guarded(lambda: LocalEngine().run(iter(inputs), [Stage("a", setup, 3)], out.append))
+    stats = run_guarded(lambda: LocalEngine().run(iter(inputs), [Stage("a", setup, 3)], out.extend))
     assert len(out) == 6 and calls == [] and stats.stages[0].batches == 0
 
 
@@ -172,10 +172,13 @@ def test_backpressure_bounds_records_in_flight():
     ]
     engine = LocalEngine()
     # Where a pulled-but-unconsumed record can be: in a queue (each stage's inbox and the final
-    # queue), in a worker's hands (one batch per worker), held by the feeder while it blocks on a
-    # full queue, or in consume().
-    capacities = [engine._capacity(s) for s in stages]
-    bound = sum(capacities) + max(capacities) + sum(s.batch_size * s.concurrency for s in stages) + 2
+    # queue hold chunks of the batch size of the stage before), in a worker's hands (a batch and
+    # the rest of a chunk per worker), held by the feeder while it blocks on a full queue, or in
+    # consume().
+    capacities = [engine._capacity(s) for s in stages] + [engine._capacity(stages[-1])]
+    chunks = [stages[0].batch_size] + [s.batch_size for s in stages]
+    bound = (sum(c * size for c, size in zip(capacities, chunks)) + stages[0].batch_size
+             + sum(2 * s.batch_size * s.concurrency for s in stages) + stages[-1].batch_size)
     assert bound < n / 4  # else the test would show nothing
 
     counts = {"pulled": 0, "consumed": 0, "max_in_flight": 0}
@@ -187,14 +190,14 @@ def test_backpressure_bounds_records_in_flight():
                                           counts["pulled"] - counts["consumed"])
             yield r
 
-    def consume(record):
-        counts["consumed"] += 1
+    def consume(chunk):
+        counts["consumed"] += len(chunk)
 
     stats = run_guarded(lambda: engine.run(source(), stages, consume))
     assert counts["pulled"] == counts["consumed"] == stats.items == n
     assert counts["max_in_flight"] <= bound, (counts, bound)
     # the source really did run ahead of the slow stage and was held back by the queues
-    assert counts["max_in_flight"] >= capacities[-1]
+    assert counts["max_in_flight"] >= capacities[-2] * chunks[-2]
 
 
 def test_stats_find_the_bottleneck_and_exclude_setup():
@@ -211,7 +214,7 @@ def test_stats_find_the_bottleneck_and_exclude_setup():
         Stage("sink", tagging("sink"), batch_size=8, concurrency=1),
     ]
     t0 = time.perf_counter()
-    stats = run_guarded(lambda: LocalEngine().run(iter(records(n)), stages, lambda r: None))
+    stats = run_guarded(lambda: LocalEngine().run(iter(records(n)), stages, lambda chunk: None))
     total = time.perf_counter() - t0
 
     assert stats.items == n
@@ -243,7 +246,7 @@ def test_exception_in_setup_propagates_and_threads_end():
     stages = [Stage("ok", tagging("ok"), batch_size=2, concurrency=3),
               Stage("model", bad_setup, batch_size=4, concurrency=2)]
     with pytest.raises(Boom, match="weights missing"):
-        run_guarded(lambda: LocalEngine().run(iter(records(1000)), stages, lambda r: None))
+        run_guarded(lambda: LocalEngine().run(iter(records(1000)), stages, lambda chunk: None))
 
 
 def test_exception_in_setup_while_other_workers_are_still_loading():
@@ -256,15 +259,15 @@ def test_exception_in_setup_while_other_workers_are_still_loading():
 
     stages = [Stage("slow", slow_setup, concurrency=2), Stage("model", bad_setup)]
     with pytest.raises(Boom, match="no GPU"):
-        run_guarded(lambda: LocalEngine().run(iter(records(10)), stages, lambda r: None))
+        run_guarded(lambda: LocalEngine().run(iter(records(10)), stages, lambda chunk: None))
 
 
 def test_exception_in_consume_propagates_and_threads_end():
     got = []
 
-    def consume(record):
-        got.append(record.id)
-        if len(got) == 25:
+    def consume(chunk):
+        got.extend(r.id for r in chunk)
+        if len(got) >= 25:
             raise Boom("disk full")
 
     def endless():
@@ -277,7 +280,7 @@ def test_exception_in_consume_propagates_and_threads_end():
               Stage("b", tagging("b", sleep_s=0.001), batch_size=3, concurrency=2)]
     with pytest.raises(Boom, match="disk full"):
         run_guarded(lambda: LocalEngine().run(endless(), stages, consume))
-    assert len(got) == 25
+    assert 25 <= len(got) < 25 + 3  # nothing consumed after the chunk that raised
 
 
 def test_exception_in_the_source_propagates():
@@ -287,7 +290,7 @@ def test_exception_in_the_source_propagates():
 
     stages = [Stage("a", tagging("a"), batch_size=4, concurrency=2)]
     with pytest.raises(Boom, match="listing failed"):
-        run_guarded(lambda: LocalEngine().run(source(), stages, lambda r: None))
+        run_guarded(lambda: LocalEngine().run(source(), stages, lambda chunk: None))
 
 
 @pytest.mark.parametrize("shape", ["drops_one", "adds_one", "not_a_list"])
@@ -304,7 +307,7 @@ def test_wrong_number_of_records_becomes_error_rows(shape):
     stages = [Stage("bad", setup, batch_size=4, concurrency=2), Stage("after", tagging("after"), 3)]
     out: dict[str, Record] = {}
     stats = run_guarded(lambda: LocalEngine().run(iter(records(10)), stages,
-                                                  lambda r: out.__setitem__(r.id, r)))
+                                                  lambda chunk: out.update((r.id, r) for r in chunk)))
     assert len(out) == 10 and stats.items == 10
     for r in out.values():
         assert r.error is not None and r.error.startswith("bad: "), r.error
@@ -320,7 +323,7 @@ def test_wrong_count_only_in_batches_is_recovered_item_by_item():
         return fn
 
     out: list[Record] = []
-    run_guarded(lambda: LocalEngine().run(iter(records(10)), [Stage("s", setup, 4)], out.append))
+    run_guarded(lambda: LocalEngine().run(iter(records(10)), [Stage("s", setup, 4)], out.extend))
     assert sorted(r.id for r in out) == sorted(f"r{i}" for i in range(10))
     assert all(r.error is None for r in out)
 
@@ -334,7 +337,7 @@ def test_failed_records_come_back_from_the_batch_fn():
     stages = [Stage("model", setup, batch_size=4), Stage("after", tagging("after"), 2)]
     out: dict[str, Record] = {}
     run_guarded(lambda: LocalEngine().run(iter(records(20)), stages,
-                                          lambda r: out.__setitem__(r.id, r)))
+                                          lambda chunk: out.update((r.id, r) for r in chunk)))
     assert {k for k, r in out.items() if r.error} == {"r3", "r13"}
     assert out["r3"].error == "model: NaN output" and "path" not in out["r3"].outputs
     assert out["r4"].outputs["path"] == ["after"]

@@ -100,7 +100,7 @@ def test_model_stages_are_actors_set_up_once_and_errors_stay_rows(cluster, tmp_p
                     stateless=True),
               Stage("model", _count_setups(tmp_path), batch_size=16, resources=Resources(num_cpus=1))]
     got = {}
-    stats = RayEngine(chunk=32).run(iter(items), stages, lambda r: got.setdefault(r.id, r))
+    stats = RayEngine(chunk=32).run(iter(items), stages, lambda chunk: got.update((r.id, r) for r in chunk))
     assert len(got) == 300 and stats.items == 300
     assert got["5"].text == "T5T5" and got["3"].error == "read: gone"
     assert got["7"].error == "model: ValueError: cannot handle poison"  # one bad item fails alone
@@ -116,7 +116,7 @@ def test_a_failing_listing_fails_the_run_instead_of_ending_it_early(cluster):
 
     stages = [Stage("noop", lambda: lambda batch: list(batch), stateless=True)]
     with pytest.raises(OSError, match="bucket listing interrupted"):
-        RayEngine().run(listing(), stages, lambda r: None)
+        RayEngine().run(listing(), stages, lambda chunk: None)
 
 
 def test_driver_sigkill_then_resume_gives_every_id_once(cluster, images, tiny_model_spec, tmp_path):

@@ -72,8 +72,7 @@ def committed_dir(tmp_path: Path, n_shards: int = 2) -> OutputDir:
     out.open(SIG, overwrite=False)
     out.write_json("_manifest.json", {"signature": SIG, "status": "running"})
     sink = ParquetShardSink(out, simple_table, shard_size=2)
-    for r in recs([f"id{i}" for i in range(2 * n_shards)]):
-        sink.add(r)
+    sink.add(recs([f"id{i}" for i in range(2 * n_shards)]))
     sink.flush()
     return out
 
@@ -139,15 +138,17 @@ def test_read_table_without_commits(tmp_path):
 # --- ParquetShardSink -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("chunk", [1, 2, 7])
 @pytest.mark.parametrize("n, size, rows", [(10, 3, [3, 3, 3, 1]), (9, 3, [3, 3, 3]), (2, 5, [2]),
                                            (4, 1, [1, 1, 1, 1]), (0, 3, [])])
-def test_shard_size_splits_rows(tmp_path, n, size, rows):
+def test_shard_size_splits_rows(tmp_path, n, size, rows, chunk):
     out = OutputDir(tmp_path / "out")
     out.open(SIG, overwrite=False)
     ids = [f"id{i:02d}" for i in range(n)]
     sink = ParquetShardSink(out, simple_table, shard_size=size, first_index=3)
-    for r in recs(ids, errors={"id01", "id04"}):
-        sink.add(r)
+    records = recs(ids, errors={"id01", "id04"})
+    for i in range(0, n, chunk):  # chunks that end shards, span them and fall short of them
+        sink.add(records[i: i + chunk])
     sink.flush()
     sink.flush()  # a second flush with nothing buffered writes nothing
     commits = out.log.read()

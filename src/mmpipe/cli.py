@@ -39,11 +39,13 @@ def embed(
     model: str = typer.Option(DEFAULT_CLIP, help="hf:<repo-or-dir>, "
                               "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
     batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
-    decode_workers: int = typer.Option(2, help="Threads decoding and preprocessing images."),
-    decode_processes: bool = typer.Option(False, help="Decode in --decode-workers processes instead of "
-                                          "threads: for many cores feeding a GPU (no shared GIL), and a "
-                                          "decoder crash costs one error row, not the job."),
-    read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
+    decode_workers: Optional[int] = typer.Option(None, help="Workers reading, decoding and preprocessing "
+                                                 "images (default: one per usable core)."),
+    decode_processes: bool = typer.Option(True, help="Decode in worker processes that write finished "
+                                          "crops into shared memory, so that this process only feeds the "
+                                          "model (and a decoder crash costs one error row); "
+                                          "--no-decode-processes: threads in this process."),
+    read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", help=PRECISION_HELP + "."),
     runtime: str = typer.Option("eager", help=RUNTIME_HELP + "."),
@@ -85,7 +87,7 @@ def embed(
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  model_replicas=model_replicas, engine=engine, ray_address=ray_address,
                  storage_options=parse_storage_options(storage_option))
-    result = run(progress=progress, **with_config_file(EmbedConfig, config, options, given(ctx)))
+    result = run(progress=progress, **with_config_file(EmbedConfig, config, auto(options), given(ctx)))
     print_summary("embedded", result)
 
 
@@ -113,8 +115,9 @@ def moderate(
                                        "by onnxruntime, cached, refused if its decisions at the "
                                        "policy's thresholds flip on more than 0.5% of a fixed "
                                        "evaluation set)."),
-    decode_workers: int = typer.Option(2, help="Threads decoding images, videos and texts."),
-    read_workers: int = typer.Option(8, help="Threads reading files and URLs."),
+    decode_workers: Optional[int] = typer.Option(None, help="Threads reading and decoding images, videos "
+                                                 "and texts (default: one per usable core)."),
+    read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
     model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
     overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
@@ -143,7 +146,7 @@ def moderate(
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
                  storage_options=parse_storage_options(storage_option))
-    result = run(progress=progress, **with_config_file(ModerateConfig, config, options, given(ctx)))
+    result = run(progress=progress, **with_config_file(ModerateConfig, config, auto(options), given(ctx)))
     print_summary("moderated", result)
     print_moderation(result)
 
@@ -281,6 +284,12 @@ def demo(
     print_summary("embedded", result.job)
     for line in describe_output(result):
         err.print(line, markup=False)
+
+
+def auto(options: dict) -> dict:
+    """``options`` without the flags left at None, whose config default is worked out then
+    (the cores of the machine the job runs on)."""
+    return {k: v for k, v in options.items() if not (k == "decode_workers" and v is None)}
 
 
 def given(ctx: typer.Context) -> set[str]:

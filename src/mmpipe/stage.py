@@ -22,6 +22,17 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class ArrayField:
+    """An array of one shape and dtype that every output record of a stage may carry (a decoded
+    image's pixels): an engine running the stage in other processes returns it through shared
+    memory, one slab per batch, instead of pickling it record by record."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "uint8"
+
+
+@dataclass(frozen=True)
 class Stage:
     """``setup`` runs once per worker and returns the batch function that worker calls.
 
@@ -42,6 +53,8 @@ class Stage:
     # threads, so that its Python work never waits for the model's thread's GIL (Ray always
     # does). ``setup`` must then pickle.
     in_processes: bool = False
+    # See ``ArrayField``: how such a stage's bulky output comes back to the engine's process.
+    shared: ArrayField | None = None
 
 
 class SharedSetup:

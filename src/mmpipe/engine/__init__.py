@@ -20,7 +20,8 @@ class Engine(Protocol):
     def run_once(self, fn: Callable[[], T], resources: Resources) -> T: ...
 
     def run(self, records: Iterable[Record], stages: Sequence[Stage],
-            consume: Callable[[Record], None]) -> EngineStats: ...
+            consume: Callable[[list[Record]], None]) -> EngineStats:
+        """``consume`` gets the results a chunk (a list of records) at a time."""
 
 
 def make_engine(name: str, ray_address: str | None = None) -> Engine:

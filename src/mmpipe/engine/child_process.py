@@ -1,15 +1,27 @@
-"""Worker processes for a stage marked ``in_processes`` (see ``engine.local``)."""
+"""Worker processes for a stage marked ``in_processes`` (see ``engine.local``).
+
+Each worker thread of such a stage owns one ``ChildProcess`` and keeps up to ``DEPTH`` batches
+in it, so that the process never waits for this one between batches. A batch goes over a pipe
+as the records the stage needs (ids, where to read); what comes back is the records without
+their bulky array (``Stage.shared``), which the child wrote into a shared-memory slab: one small
+message per batch.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
-from typing import Callable
+import queue
+import threading
+import time
+from collections import deque
+from typing import Sequence
 
 from ..records import Record
-from ..stage import BatchFn, Stage
+from ..stage import ArrayField, Stage
+from .slabs import Slab, SlabPool, SlabReader
+
+DEPTH = 2  # batches in a child at once: one it works on, one waiting in its inbox
 
 
 def shipped_setup(stage: Stage) -> bytes:
@@ -21,49 +33,182 @@ def shipped_setup(stage: Stage) -> bytes:
                          f"{exc}") from None
 
 
+def start_method() -> multiprocessing.context.BaseContext:
+    """Forkserver where there is one: each child forks from a small server that has imported
+    mmpipe once (a new worker in tens of ms, not a second), and never from this process, whose
+    threads and OpenMP pools would make a plain fork unsafe. Spawn elsewhere (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mmpipe.jobs.embed", "mmpipe.jobs.moderate"])
+    return ctx
+
+
+class ChildDied(RuntimeError):
+    pass
+
+
 class ChildProcess:
-    """One spawned process running the batch function the shipped ``setup`` builds; each worker
-    thread of an ``in_processes`` stage owns one (spawned, not forked: forking a process that
-    runs threads and OpenMP can deadlock). If it dies — a decoder crashing on a hostile file, the
-    OOM killer — it is replaced and the batch fails with a reason; ``apply_batch`` then retries
-    the items one by one, so only the culprit becomes an error row, where in a thread the crash
-    would have ended the job."""
+    """One worker process running the batch function the shipped ``setup`` builds. If it dies (a
+    decoder crashing on a hostile file, the OOM killer) it is replaced; the batch it held fails
+    with a reason and the engine retries its items one by one, so only the culprit becomes an
+    error row, where in a thread the crash would have ended the job."""
 
-    def __init__(self, stage_name: str, recipe: bytes):
-        self.stage_name, self.recipe = stage_name, recipe
-        self.pool = self._start()
+    def __init__(self, stage_name: str, recipe: bytes, slabs: SlabPool | None = None):
+        self.stage_name, self.recipe, self.slabs = stage_name, recipe, slabs
+        self.sent: deque[Slab | None] = deque()  # the slab of each batch in the child, oldest first
+        self.busy_s = 0.0  # the child's own time in the batch function
+        self._start()
 
-    def _start(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_child_setup,
-                                   initargs=(self.recipe,))
-
-    def __call__(self, batch: list[Record]) -> list[Record]:
-        return self.call(_child_call, batch)
-
-    def call(self, fn: Callable, *args):
+    def _start(self) -> None:
+        ctx = start_method()
+        child_inbox, self.to_child = ctx.Pipe(duplex=False)
+        self.from_child, child_outbox = ctx.Pipe(duplex=False)
+        shared = (self.slabs.field, self.slabs.rows) if self.slabs else None
+        self.process = ctx.Process(target=_child_main, args=(self.recipe, child_inbox, child_outbox, shared),
+                                   name=f"mmpipe-{self.stage_name}", daemon=True)
+        self.process.start()
+        child_inbox.close()
+        child_outbox.close()
         try:
-            return self.pool.submit(fn, *args).result()
-        except BrokenProcessPool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._start()
-            raise RuntimeError(f"the {self.stage_name} worker process died (crashed or was killed) "
-                               "while this input was in it") from None
+            self.from_child.recv()  # the child's setup is done
+        except (EOFError, OSError):
+            self.close()
+            # Spawned children import the parent's main script: an unguarded one runs again.
+            raise RuntimeError(f"the {self.stage_name} worker process could not start; a script "
+                               "that runs a job with worker processes needs its entry point "
+                               "under `if __name__ == '__main__':`") from None
+
+    def submit(self, batch: Sequence[Record], shared: bool = True) -> None:
+        """Send a batch; with ``shared`` its arrays come back through a slab when one is free."""
+        slab = self.slabs.acquire() if shared and self.slabs else None
+        self.sent.append(slab)
+        try:
+            self.to_child.send((list(batch), slab.name if slab else None))
+        except OSError:
+            pass  # the child is gone: receive() says so
+
+    def receive(self) -> list[Record]:
+        """The oldest batch's results; raises what its batch function raised, or ``ChildDied``."""
+        slab = self.sent.popleft()
+        try:
+            kind, value, busy = self._receive()
+        except BaseException:
+            self._drop(slab)
+            raise
+        self.busy_s += busy
+        if kind == "raised":
+            self._drop(slab)
+            raise value
+        records, placed = value
+        if placed and slab is not None:
+            # The records were made by unpickling just now: filling them in place is safe.
+            rows = self.slabs.rows_of(slab, len(placed))
+            name = self.slabs.field.name
+            for row, i in enumerate(placed):
+                setattr(records[i], name, rows[row])
+        else:
+            self._drop(slab)
+        return records
+
+    def call(self, batch: Sequence[Record]) -> list[Record]:
+        """One batch in and out, with nothing else in flight (retrying items one by one)."""
+        self.submit(batch, shared=False)
+        return self.receive()
+
+    def reset(self) -> None:
+        """Forget the batches still in the child: their results are read and dropped (the child
+        lives) or the child is replaced (it died)."""
+        while self.sent:
+            try:
+                self.receive()
+            except ChildDied:
+                self.sent.clear()
+            except Exception:  # noqa: BLE001 - a dropped batch's failure is nobody's
+                pass
+
+    def _receive(self):
+        try:
+            return self.from_child.recv()
+        except (EOFError, OSError):
+            self._restart()
+            raise ChildDied(f"the {self.stage_name} worker process died (crashed or was killed) "
+                            "while this input was in it") from None
+
+    def _restart(self) -> None:
+        for slab in self.sent:
+            self._drop(slab)
+        self.sent.clear()
+        self.close()
+        self._start()
+
+    def _drop(self, slab: Slab | None) -> None:
+        if slab is not None:
+            self.slabs.release(slab)
 
     def close(self) -> None:
-        self.pool.shutdown()
+        try:
+            self.to_child.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.to_child.close()
+        self.from_child.close()
 
 
-_child_fn: BatchFn | None = None  # in a ChildProcess: the batch function its setup built
+def _child_main(recipe: bytes, inbox, outbox, shared: tuple[ArrayField, int] | None) -> None:
+    fn = pickle.loads(recipe)()
+    slabs = SlabReader(*shared) if shared else None
+    outbox.send(("ready", None, 0.0))
+    # A thread empties the pipe into a queue, so that the parent's next batch never waits for
+    # this process to finish the current one (both sides writing at once would deadlock).
+    waiting: queue.Queue = queue.Queue()
+    threading.Thread(target=_drain, args=(inbox, waiting), daemon=True).start()
+    while (message := waiting.get()) is not None:
+        batch, slab = message
+        start = time.perf_counter()
+        try:
+            out = fn(batch)
+        except Exception as exc:  # noqa: BLE001 - raised again in the parent
+            outbox.send(("raised", _portable(exc), time.perf_counter() - start))
+            continue
+        placed = _into_slab(out, slabs, slab) if slab else []
+        outbox.send(("done", (out, placed), time.perf_counter() - start))
 
 
-def _child_setup(recipe: bytes) -> None:
-    global _child_fn
-    _child_fn = pickle.loads(recipe)()
+def _drain(inbox, waiting: queue.Queue) -> None:
+    while True:
+        try:
+            message = inbox.recv()
+        except (EOFError, OSError):
+            message = None  # the parent is gone
+        waiting.put(message)
+        if message is None:
+            return
 
 
-def child_ready() -> None:
-    """A no-op a worker thread calls to have its process started and set up."""
+def _into_slab(records: list[Record], slabs: SlabReader, name: str) -> list[int]:
+    """Move each record's shared array into the next row of the slab (records about to be
+    pickled away, so changed in place); the records it moved."""
+    rows = slabs.rows_of(name)
+    field = slabs.field.name
+    placed = []
+    for i, r in enumerate(records):
+        value = getattr(r, field, None)
+        if slabs.fits(value) and len(placed) < slabs.rows:
+            rows[len(placed)] = value
+            setattr(r, field, None)
+            placed.append(i)
+    return placed
 
 
-def _child_call(batch: list[Record]) -> list[Record]:
-    return _child_fn(batch)
+def _portable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, else a RuntimeError saying what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -1,11 +1,13 @@
 """The embedded engine: stage worker pools joined by bounded queues.
 
+Queues carry chunks (a list of records: what one worker made of one batch), not single records:
+the process that feeds the model then pays one queue round trip per batch, not one per item.
 Queue capacity is the backpressure: a fast stage blocks on a full queue instead of piling
-records up, so memory stays flat however large the input. Decode workers are threads because
-PIL and NumPy release the GIL; each model stage worker calls its stage's ``setup`` once and owns
-the model it returns. A stage marked ``in_processes`` keeps its threads but each hands its
-batches to a worker process of its own (``ChildProcess``) and waits, so many decoders never hold
-the GIL the model's thread needs to keep a GPU fed.
+records up, so memory stays flat however large the input. Workers are threads; each model
+stage worker calls its stage's ``setup`` once and owns the model it returns. A stage marked
+``in_processes`` keeps its threads but each drives a worker process of its own
+(``ChildProcess``), so that many decoders never hold the GIL the model's thread needs, and
+its ``Stage.shared`` arrays come back through shared memory (``SlabPool``).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from ..records import Record, failed
 from ..stage import BatchFn, Resources, Stage
-from .child_process import ChildProcess, child_ready, shipped_setup
+from .child_process import DEPTH, ChildDied, ChildProcess, shipped_setup
+from .slabs import SlabPool
 from .stats import EngineStats, StageStats
 
 _END = object()
 T = TypeVar("T")
 _POLL_S = 0.1
+Chunk = list[Record]
 
 
 class _Stopped(Exception):
@@ -31,7 +36,7 @@ class _Stopped(Exception):
 
 class LocalEngine:
     def __init__(self, queue_batches: int = 2):
-        # Each queue holds this many batches per downstream worker: enough to keep a model fed
+        # Each queue holds this many chunks per downstream worker: enough to keep a model fed
         # while the next batch is decoded, small enough that memory does not follow input size.
         self.queue_batches = queue_batches
 
@@ -43,13 +48,14 @@ class LocalEngine:
         self,
         records: Iterable[Record],
         stages: Sequence[Stage],
-        consume: Callable[[Record], None],
+        consume: Callable[[Chunk], None],
     ) -> EngineStats:
-        """Push ``records`` through ``stages``; ``consume`` gets every result in this thread."""
+        """Push ``records`` through ``stages``; ``consume`` gets every result, a chunk at a time,
+        in this thread."""
         stop = threading.Event()
         errors: list[BaseException] = []
         queues = [queue.Queue(maxsize=self._capacity(s)) for s in stages]
-        queues.append(queue.Queue(maxsize=max(self._capacity(s) for s in stages) if stages else 64))
+        queues.append(queue.Queue(maxsize=self._capacity(stages[-1]) if stages else 4))
         stats = EngineStats(stages=[StageStats(s.name, s.concurrency) for s in stages])
 
         def guard(fn: Callable[[], None]) -> Callable[[], None]:
@@ -65,13 +71,24 @@ class LocalEngine:
 
         ready = _Countdown(sum(s.concurrency for s in stages))
         recipes = {i: shipped_setup(s) for i, s in enumerate(stages) if s.in_processes}
+        pools = {i: SlabPool(s.shared, s.batch_size, pin=_feeds_gpu(stages[i + 1:]))
+                 for i, s in enumerate(stages) if s.in_processes and s.shared}
+        first_batch = stages[0].batch_size if stages else 64
+        cpu_start: list[float] = []
 
         def feed() -> None:
-            # Model loading is not throughput: the clock starts once every worker is set up.
+            # Model loading is not throughput: the clocks start once every worker is set up.
             ready.wait(stop)
             stats.setup_s = time.perf_counter() - start
+            cpu_start.append(time.process_time())
+            chunk: Chunk = []
             for record in records:
-                _put(queues[0], record, stop)
+                chunk.append(record)
+                if len(chunk) == first_batch:
+                    _put(queues[0], chunk, stop)
+                    chunk = []
+            if chunk:
+                _put(queues[0], chunk, stop)
             _put(queues[0], _END, stop)
 
         threads = [threading.Thread(target=guard(feed), name="mmpipe-feed", daemon=True)]
@@ -79,9 +96,9 @@ class LocalEngine:
             remaining = [stage.concurrency]
             lock = threading.Lock()
             for w in range(stage.concurrency):
-                work = self._worker(stage, stats.stages[i], queues[i], queues[i + 1], stop,
-                                    remaining, lock, ready, recipes.get(i))
-                threads.append(threading.Thread(target=guard(work), name=f"mmpipe-{stage.name}-{w}",
+                work = _Worker(stage, stats.stages[i], queues[i], queues[i + 1], stop, remaining, lock,
+                               ready, recipes.get(i), pools.get(i))
+                threads.append(threading.Thread(target=guard(work.run), name=f"mmpipe-{stage.name}-{w}",
                                                 daemon=True))
 
         start = time.perf_counter()
@@ -89,11 +106,11 @@ class LocalEngine:
             t.start()
         try:
             while True:
-                record = _get(queues[-1], stop)
-                if record is _END:
+                chunk = _get(queues[-1], stop)
+                if chunk is _END:
                     break
-                consume(record)
-                stats.items += 1
+                consume(chunk)
+                stats.items += len(chunk)
         except _Stopped:
             pass
         except BaseException:
@@ -101,60 +118,131 @@ class LocalEngine:
             raise
         finally:
             stats.wall_s = time.perf_counter() - start - stats.setup_s
+            stats.cpu_s = time.process_time() - cpu_start[0] if cpu_start else 0.0
             stop.set()
             for t in threads:
                 t.join()
+            for pool in pools.values():
+                pool.close()
         if errors:
             raise errors[0]
         return stats
 
     def _capacity(self, stage: Stage) -> int:
-        return max(4, self.queue_batches * stage.batch_size * stage.concurrency)
+        return max(2, self.queue_batches * stage.concurrency)
 
-    @staticmethod
-    def _worker(stage: Stage, stats: StageStats, inbox: queue.Queue, outbox: queue.Queue,
-                stop: threading.Event, remaining: list[int], lock: threading.Lock,
-                ready: "_Countdown", recipe: bytes | None):
-        def work() -> None:
-            if recipe is None:
-                serve(stage.setup())
-                return
-            child = ChildProcess(stage.name, recipe)
+
+class _Worker:
+    """One worker of a stage: batches from its inbox through the stage's function (in this
+    thread, or in a worker process of its own) into its outbox."""
+
+    def __init__(self, stage: Stage, stats: StageStats, inbox: queue.Queue, outbox: queue.Queue,
+                 stop: threading.Event, remaining: list[int], lock: threading.Lock,
+                 ready: "_Countdown", recipe: bytes | None, slabs: SlabPool | None):
+        self.stage, self.stats, self.outbox, self.stop = stage, stats, outbox, stop
+        self.remaining, self.lock, self.ready = remaining, lock, ready
+        self.recipe, self.slabs = recipe, slabs
+        self.batches = _Batches(inbox, stage.batch_size, stop)
+
+    def run(self) -> None:
+        if self.recipe is None:
+            self._in_thread(self.stage.setup())
+        else:
+            child = ChildProcess(self.stage.name, self.recipe, self.slabs)
             try:
-                try:
-                    child.call(child_ready)  # the process starts (and sets up) during setup
-                except RuntimeError:
-                    # Spawned children import the parent's main script: an unguarded one runs again.
-                    raise RuntimeError(f"the {stage.name} worker process could not start; a script "
-                                       "that runs a job with worker processes needs its entry point "
-                                       "under `if __name__ == '__main__':`") from None
-                serve(child)
+                self._in_child(child)
             finally:
                 child.close()
+        with self.lock:
+            self.remaining[0] -= 1
+            last = self.remaining[0] == 0
+        if last:
+            _put(self.outbox, _END, self.stop)
 
-        def serve(fn: BatchFn) -> None:
-            ready.count_down()
-            ended = False
-            while not ended:
-                batch, ended = _take_batch(inbox, stage.batch_size, stop)
-                healthy = sum(r.error is None for r in batch)
+    def _in_thread(self, fn: BatchFn) -> None:
+        self.ready.count_down()
+        while (batch := self.batches.take()) is not None:
+            t0 = time.perf_counter()
+            out = apply_to_healthy(self.stage.name, fn, batch)
+            self._done(batch, out, time.perf_counter() - t0)
+
+    def _in_child(self, child: ChildProcess) -> None:
+        """Up to ``DEPTH`` batches in the child at once. When one fails (its function raised, or
+        the child died), the batches sent after it are taken back and sent again, and its own
+        items are retried one at a time, so that only the item at fault becomes an error row."""
+        self.ready.count_down()
+        waiting: deque[Chunk] = deque()  # taken back after a failure, to send again
+        sent: deque[tuple[Chunk, Chunk]] = deque()  # (batch, its healthy records), oldest first
+        while True:
+            while len(sent) < DEPTH and (batch := waiting.popleft() if waiting else self.batches.take()):
+                healthy = _healthy(batch)
                 if healthy:
-                    t0 = time.perf_counter()
-                    batch = apply_to_healthy(stage.name, fn, batch)
-                    busy = time.perf_counter() - t0
-                    with lock:
-                        stats.busy_s += busy
-                        stats.items += healthy
-                        stats.batches += 1
-                        stats.batch_s.append(busy)
-                for r in batch:
-                    _put(outbox, r, stop)
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                _put(outbox, _END, stop)
-        return work
+                    child.submit(healthy)
+                sent.append((batch, healthy))
+            if not sent:
+                return
+            batch, healthy = sent.popleft()
+            before = child.busy_s
+            if not healthy:
+                out = batch
+            else:
+                try:
+                    out = _in_place(batch, child.receive())
+                except Exception:  # noqa: BLE001 - retried item by item, as apply_batch does
+                    waiting.extendleft(b for b, _ in reversed(sent))
+                    sent.clear()
+                    child.reset()
+                    out = [apply_batch(self.stage.name, child.call, [r])[0] if r.error is None else r
+                           for r in batch]
+            self._done(batch, out, child.busy_s - before)
+
+    def _done(self, batch: Chunk, out: Chunk, busy: float) -> None:
+        healthy = sum(r.error is None for r in batch)
+        if healthy:
+            with self.lock:
+                self.stats.busy_s += busy
+                self.stats.items += healthy
+                self.stats.batches += 1
+                self.stats.batch_s.append(busy)
+        _put(self.outbox, out, self.stop)
+
+
+class _Batches:
+    """Batches of ``size`` records taken from a queue of chunks: whole chunks while they fit, the
+    rest of a larger chunk kept for the next batch. Static batching suits offline jobs: a short
+    batch comes only at the end."""
+
+    def __init__(self, inbox: queue.Queue, size: int, stop: threading.Event):
+        self.inbox, self.size, self.stop = inbox, size, stop
+        self.carry: Chunk = []
+        self.ended = False
+
+    def take(self) -> Chunk | None:
+        batch, self.carry = self.carry[:self.size], self.carry[self.size:]
+        while len(batch) < self.size and not self.ended:
+            chunk = _get(self.inbox, self.stop)
+            if chunk is _END:
+                _put(self.inbox, _END, self.stop)  # the stage's other workers must see the end too
+                self.ended = True
+                break
+            room = self.size - len(batch)
+            batch.extend(chunk[:room])
+            self.carry = chunk[room:]
+        return batch or None
+
+
+def _healthy(batch: Chunk) -> Chunk:
+    return [r for r in batch if r.error is None]
+
+
+def _in_place(batch: Chunk, healthy_out: Chunk) -> Chunk:
+    """The batch with each healthy record replaced by its result; error records stay put."""
+    done = iter(_checked(healthy_out, _healthy(batch)))
+    return [next(done) if r.error is None else r for r in batch]
+
+
+def _feeds_gpu(downstream: Sequence[Stage]) -> bool:
+    return any(s.resources.num_gpus > 0 for s in downstream)
 
 
 def apply_batch(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Record]:
@@ -172,7 +260,7 @@ def apply_batch(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Recor
 
 def apply_to_healthy(stage_name: str, fn: BatchFn, batch: list[Record]) -> list[Record]:
     """``fn`` on the records without an error; error records pass through in their place."""
-    healthy = [r for r in batch if r.error is None]
+    healthy = _healthy(batch)
     if not healthy:
         return batch
     done = iter(apply_batch(stage_name, fn, healthy))
@@ -191,18 +279,6 @@ def _checked(out: list[Record], batch: list[Record]) -> list[Record]:
     if len(out) != len(batch):
         raise RuntimeError(f"stage returned {len(out)} records for {len(batch)}")
     return out
-
-
-def _take_batch(inbox: queue.Queue, size: int, stop: threading.Event) -> tuple[list[Record], bool]:
-    """Wait for a full batch (static batching suits offline jobs); a short one only at the end."""
-    batch: list[Record] = []
-    while len(batch) < size:
-        record = _get(inbox, stop)
-        if record is _END:
-            _put(inbox, _END, stop)  # the stage's other workers must see the end too
-            return batch, True
-        batch.append(record)
-    return batch, False
 
 
 class _Countdown:

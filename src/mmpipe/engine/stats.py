@@ -30,12 +30,19 @@ class StageStats:
 class EngineStats:
     wall_s: float = 0.0  # from the end of setup (model loading) to the last record
     setup_s: float = 0.0
+    # CPU seconds of the engine's own process (the one that feeds the models; worker processes
+    # not included) over ``wall_s``: per item, it bounds how many items/s one process can feed.
+    cpu_s: float = 0.0
     items: int = 0
     stages: list[StageStats] = field(default_factory=list)
 
     @property
     def items_per_s(self) -> float:
         return self.items / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_item(self) -> float:
+        return 1000 * self.cpu_s / self.items if self.items else 0.0
 
     @property
     def bottleneck(self) -> str | None:
@@ -54,6 +61,8 @@ class EngineStats:
             "setup_s": round(self.setup_s, 3),
             "items": self.items,
             "items_per_s": round(self.items_per_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
+            "cpu_ms_per_item": round(self.cpu_ms_per_item, 4),
             "bottleneck": self.bottleneck,
             "stages": [
                 {**{k: v for k, v in asdict(s).items() if k != "batch_s"}, "busy_s": round(s.busy_s, 3),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,14 @@ from ..sources import SourceOptions
 from ..sources.options import DEFAULT_MAX_BYTES
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class JobConfig(BaseModel):
     """Field names are the CLI flags with dashes; a job's config adds its own fields."""
 
@@ -20,7 +29,7 @@ class JobConfig(BaseModel):
 
     input: str
     out: str
-    decode_workers: int = Field(2, ge=1, le=256)
+    decode_workers: int = Field(default_factory=usable_cores, ge=1, le=256)
     read_workers: int = Field(8, ge=1, le=256)
     device: str = "cpu"
     limit: int | None = Field(None, ge=0)

@@ -19,8 +19,8 @@ from ..models.clip import LoadedClip
 from ..models.variants import ClipVariant, Precision, Runtime, Variant
 from ..records import Decoded, Item, Record, Scored
 from ..sources import open_source
-from ..stage import Resources, SharedSetup, Stage
-from ..stages.common import per_item, read_stage
+from ..stage import ArrayField, Resources, SharedSetup, Stage
+from ..stages.common import decode_stage
 from ..tune.accuracy import Gate
 from ..tune.clip_gate import gated_variant
 from .config import JobConfig
@@ -42,12 +42,16 @@ class EmbedConfig(JobConfig):
     pipeline_stages: int = Field(1, ge=1, le=64)
     # Model workers per device sharing one copy of the weights (see models.device_feed).
     model_replicas: int = Field(1, ge=1, le=16)
-    # The decode workers as processes (local engine; see engine.child_process).
-    decode_processes: bool = False
+    # The decode workers as processes writing into shared memory (local engine; see
+    # engine.child_process), so that this process only feeds the model; False: threads here.
+    decode_processes: bool = True
 
     @model_validator(mode="after")
     def _variant_runs_here(self):
         self.variant.check(self.device)
+        if self.model.startswith("zeros:") and (not self.variant.is_reference or self.pipeline_stages > 1):
+            raise ConfigError("--model", "zeros: (a benchmark's model that returns zero vectors) runs "
+                                         "eager fp32 in one piece only")
         if self.pipeline_stages > 1 and (self.precision == "int8" or self.runtime != "eager"):
             raise ConfigError("--pipeline-stages", "splits the eager PyTorch model; it does not combine "
                                                    f"with --precision {self.precision} --runtime {self.runtime}")
@@ -116,12 +120,12 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
     # Drafting only down to twice the model's input keeps the resize that follows nearly exact
     # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
     min_side = 2 * pre.resize_to if cfg.fast_decode else None
+    # Decode batches are the model's: a worker process fills one slab per batch, which the
+    # model then reads as it lies.
     return [
-        read_stage(cfg.read_workers),
-        # A picklable setup: with --decode-processes it is shipped to the worker processes.
-        Stage("decode", partial(per_item, "decode", partial(preprocess, pre=pre, max_pixels=cfg.max_pixels,
-                                                             min_side=min_side)),
-              concurrency=cfg.decode_workers, stateless=True, in_processes=cfg.decode_processes),
+        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, min_side=min_side),
+                     workers=cfg.decode_workers, read_workers=cfg.read_workers, batch_size=cfg.batch_size,
+                     in_processes=cfg.decode_processes, shared=ArrayField("pixels", (3, pre.crop, pre.crop))),
         *model_stages(clip, cfg, engine),
     ]
 

@@ -4,6 +4,7 @@ text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards,
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -19,7 +20,7 @@ from ..sinks import OutputDir
 from ..sources import open_source
 from ..sources.options import MEDIA_KINDS
 from ..stage import Resources, Stage
-from ..stages.common import per_item, read_stage
+from ..stages.common import decode_stage
 from ..stages.media import MediaOptions, decode_media
 from ..stages.moderation import (ClipBatch, DecideBatch, JudgeBatch, NsfwBatch, OcrBatch, TextBatch,
                                  categories_of)
@@ -154,11 +155,8 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
     media = MediaOptions(fps=cfg.fps, max_frames=cfg.max_frames, max_side=cfg.max_side,
                          max_pixels=cfg.max_pixels, model_inputs=inputs)
     model = Resources(num_cpus=cfg.model_threads)
-    stages = [
-        read_stage(cfg.read_workers),
-        Stage("decode", lambda: per_item("decode", lambda r: decode_media(r, media)),
-              concurrency=cfg.decode_workers, stateless=True),
-    ]
+    stages = [decode_stage(partial(decode_media, opts=media), workers=cfg.decode_workers,
+                           read_workers=cfg.read_workers, batch_size=cfg.batch_size)]
     if nsfw:
         stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads, cfg.nsfw_precision),
                             batch_size=cfg.batch_size, resources=model))

@@ -36,8 +36,8 @@ class JobProgress:
     def on_listing_done(self) -> None:
         self.progress.update(self.task, total=self.listed)
 
-    def on_done(self, error: bool) -> None:
-        self.errors += error
+    def on_done(self, items: int, errors: int) -> None:
+        self.errors += errors
         task = self.progress.tasks[0]
         rate = f"{task.speed:.1f}" if task.speed else "-"
-        self.progress.update(self.task, advance=1, rate=rate, errors=self.errors)
+        self.progress.update(self.task, advance=items, rate=rate, errors=self.errors)

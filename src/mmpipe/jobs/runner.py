@@ -59,11 +59,11 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
     counts = Counter()
     started = time.time()
     with JobProgress(job.label, progress) as bar:
-        def consume(record: Record) -> None:
-            sink.add(record)
-            if record.error is not None:
-                reasons[_reason_kind(record.error)] += 1
-            bar.on_done(record.error is not None)
+        def consume(records: list[Record]) -> None:
+            sink.add(records)
+            failures = [r.error for r in records if r.error is not None]
+            reasons.update(_reason_kind(e) for e in failures)
+            bar.on_done(len(records), len(failures))
 
         pending = _pending(job.items, done, limit, counts, bar)
         stats = (engine or LocalEngine()).run(pending, job.stages, consume)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -206,9 +207,11 @@ class LoadedClip:
     spec: ModelSpec
     device: str = "cpu"
     precision: str = "fp32"
+    # What wraps the loaded model for the workers (``zeros:`` specs swap in ZeroEmbedder).
+    embedder_class: type = ClipEmbedder
 
     def make_embedder(self) -> ClipEmbedder:
-        return ClipEmbedder(self.load_model(), self.preprocessor, self.device, self.precision)
+        return self.embedder_class(self.load_model(), self.preprocessor, self.device, self.precision)
 
 
 def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32",
@@ -222,7 +225,7 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
         check_device(device)
     if precision not in PRECISIONS:
         raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if spec.kind == "random":
+    if spec.kind in ("random", "zeros"):
         return _load_random(spec, device, precision)
     from transformers import CLIPConfig
 
@@ -257,7 +260,7 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
 
     arch = RANDOM_ARCHS.get(spec.target)
     if arch is None:
-        raise ConfigError("--model", f"unknown random architecture {spec.target!r}; "
+        raise ConfigError("--model", f"unknown {spec.kind} architecture {spec.target!r}; "
                                      f"known: {', '.join(RANDOM_ARCHS)}")
     tokenizer = byte_tokenizer(arch["text_config"]["max_position_embeddings"])
     config = CLIPConfig(**arch)
@@ -265,6 +268,12 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
                        ("pad_token_id", tokenizer.pad_token)):
         setattr(config.text_config, key, tokenizer.convert_tokens_to_ids(token))
     pre = _preprocessor(None, config, tokenizer)
+    dim = int(config.projection_dim)
+    if spec.kind == "zeros":
+        from .zeros import ZeroEmbedder
+
+        # Its "model" is the vector size: partial(int, dim)() is dim, and unlike a lambda it pickles.
+        return LoadedClip(pre, partial(int, dim), dim, spec, device, precision, ZeroEmbedder)
 
     def load():
         import torch
@@ -273,7 +282,7 @@ def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:
         torch.manual_seed(0)  # every replica and every run gets the same random weights
         return CLIPModel(config)
 
-    return LoadedClip(pre, load, int(config.projection_dim), spec, device, precision)
+    return LoadedClip(pre, load, dim, spec, device, precision)
 
 
 def _preprocessor(folder: Path | None, config, tokenizer) -> ClipPreprocessor:

@@ -28,7 +28,13 @@ class DeviceFeed:
     def stack(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """``np.stack(arrays)``, on a GPU into this thread's pinned buffer. The result is only
         valid until this thread's next ``stack``: by then its copy to the GPU has finished,
-        because every batch ends by reading its results back."""
+        because every batch ends by reading its results back.
+
+        A batch that already lies in one array (the rows of a decode slab) is used as it lies:
+        on a CPU always, on a GPU when that memory is pinned."""
+        rows = consecutive_rows(arrays)
+        if rows is not None and (not self.cuda or self.torch.from_numpy(rows).is_pinned()):
+            return rows
         if not self.cuda:
             return np.stack(arrays)
         shape, dtype = (len(arrays), *arrays[0].shape), arrays[0].dtype
@@ -45,6 +51,26 @@ class DeviceFeed:
         if stream is None:
             stream = self.local.stream = self.torch.cuda.Stream(self.device)
         return self.torch.cuda.stream(stream)
+
+
+def consecutive_rows(arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+    """``arrays`` as one (N, ...) array without a copy when they are consecutive rows of one
+    buffer, in order; else None."""
+    first = arrays[0]
+    base = first.base
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not first.flags.c_contiguous:
+        return None
+    size = first.nbytes
+    start = first.__array_interface__["data"][0]
+    for i, a in enumerate(arrays):
+        if (a.base is not base or a.shape != first.shape or a.dtype != first.dtype
+                or a.__array_interface__["data"][0] != start + i * size or not a.flags.c_contiguous):
+            return None
+    offset = start - base.__array_interface__["data"][0]
+    if offset % size or base.nbytes % size:
+        return None
+    whole = base.view(first.dtype).reshape(-1, *first.shape)
+    return whole[offset // size: offset // size + len(arrays)]
 
 
 def thread_buffer(local: threading.local, numel: int, make: Callable[[int], object]):

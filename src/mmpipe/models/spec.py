@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError, ModelLoadError
 
 DEFAULT_CLIP = "hf:openai/clip-vit-base-patch32"
-KINDS = ("hf", "path", "pkg", "random")
+KINDS = ("hf", "path", "pkg", "random", "zeros")
 # What a checkpoint folder needs from a hub repo: weights as safetensors, configs, tokenizer.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 
@@ -24,7 +24,8 @@ class ModelSpec:
         kind, sep, target = spec.partition(":")
         if not sep or kind not in KINDS or not target:
             raise ConfigError(field, f"bad model spec {spec!r}; expected one of "
-                                     "hf:<repo-or-dir>, path:<dir>, pkg:<package>, random:<arch>")
+                                     "hf:<repo-or-dir>, path:<dir>, pkg:<package>, random:<arch>, "
+                                     "zeros:<arch> (the last two for benchmarks)")
         return cls(kind, target)
 
     def __str__(self) -> str:
@@ -32,7 +33,8 @@ class ModelSpec:
 
     @property
     def random_weights(self) -> bool:
-        return self.kind == "random"
+        """No trained weights: the vectors mean nothing (benchmarks only)."""
+        return self.kind in ("random", "zeros")
 
     def local_dir(self) -> Path:
         """The checkpoint folder, downloading an ``hf:`` repo first when it is not a folder."""

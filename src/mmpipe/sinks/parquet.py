@@ -14,7 +14,7 @@ from .output_dir import OutputDir
 
 
 class ParquetShardSink:
-    """Records arrive one by one; every ``CHUNK`` of them becomes a small Arrow table at once, so
+    """Records arrive a chunk at a time; every ``CHUNK`` of them becomes a small Arrow table, so
     a shard of many thousand rows waits in Arrow's compact buffers, not as Python records holding
     model outputs (which also fragmented the heap: peak RSS grew with the shard size)."""
 
@@ -33,14 +33,19 @@ class ParquetShardSink:
         self.rows = 0
         self.errors = 0
 
-    def add(self, record: Record) -> None:
-        self.pending.append(record)
-        self.ids.append(record.id)
-        self.shard_errors += record.error is not None
-        if len(self.ids) >= self.shard_size:
-            self.flush()
-        elif len(self.pending) >= self.CHUNK:
-            self._convert()
+    def add(self, records: Sequence[Record]) -> None:
+        """Buffer ``records``, writing each shard as it fills (a chunk may end one and start the next)."""
+        start = 0
+        while start < len(records):
+            take = records[start: start + self.shard_size - len(self.ids)]
+            start += len(take)
+            self.pending.extend(take)
+            self.ids.extend(r.id for r in take)
+            self.shard_errors += sum(r.error is not None for r in take)
+            if len(self.ids) >= self.shard_size:
+                self.flush()
+            elif len(self.pending) >= self.CHUNK:
+                self._convert()
 
     def _convert(self) -> None:
         if self.pending:

@@ -9,7 +9,7 @@ import posixpath
 from typing import Iterator
 
 from ..records import Item
-from .options import SourceOptions, caption_text, read_capped
+from .options import ReadFile, SourceOptions
 
 # Files with these suffixes are items; a file that claims to be an image but is not (or is a
 # format we cannot decode) becomes an error row, so nothing that looks like an image is skipped.
@@ -73,22 +73,14 @@ def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions
                 continue
             path = posixpath.join(dirpath, name)
             yield Item(id=printable(_relative(path, root)), uri=printable(fs.unstrip_protocol(path)),
-                       read=_reader(fs, path, None, options))
+                       read=ReadFile(fs, path, None, options.max_bytes))
             continue
         if not (match_all or lowered.endswith(suffixes)):
             continue
         path = posixpath.join(dirpath, name)
         caption = captions.get(stem)
         yield Item(id=printable(_relative(path, root)), uri=printable(fs.unstrip_protocol(path)),
-                   read=_reader(fs, path, caption and posixpath.join(dirpath, caption), options))
-
-
-def _reader(fs, path: str, caption_path: str | None, options: SourceOptions):
-    def read() -> tuple[bytes, str | None]:
-        data = read_capped(fs, path, options.max_bytes)
-        text = caption_text(read_capped(fs, caption_path, options.max_bytes)) if caption_path else None
-        return data, text
-    return read
+                   read=ReadFile(fs, path, caption and posixpath.join(dirpath, caption), options.max_bytes))
 
 
 def printable(name: str) -> str:

@@ -17,9 +17,8 @@ import fsspec
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
-from ..net import fetch_url
 from ..records import Item
-from .options import SourceOptions, cut_text, read_capped
+from .options import ReadFile, ReadUrl, SourceOptions, cut_text
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
@@ -126,10 +125,7 @@ def _locate(location: str, fs, base: str, options: SourceOptions):
     """A URI for the row's image and a function that reads it."""
     scheme = location.split("://", 1)[0].lower() if "://" in location else ""
     if scheme in ("http", "https", "file"):
-        def read_url() -> tuple[bytes, None]:
-            return fetch_url(location, allow_private=options.allow_private_urls,
-                             max_bytes=options.max_bytes), None
-        return location, read_url
+        return location, ReadUrl(location, options.allow_private_urls, options.max_bytes)
     if scheme:
         other_fs, path = fsspec.core.url_to_fs(location, **options.storage_options)
     else:
@@ -137,7 +133,4 @@ def _locate(location: str, fs, base: str, options: SourceOptions):
         # Object stores have no "..": resolve it here, as a local filesystem would.
         path = location if posixpath.isabs(location) else posixpath.join(base, location)
         path = posixpath.normpath(path)
-
-    def read_path() -> tuple[bytes, None]:
-        return read_capped(other_fs, path, options.max_bytes), None
-    return other_fs.unstrip_protocol(path), read_path
+    return other_fs.unstrip_protocol(path), ReadFile(other_fs, path, None, options.max_bytes)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..net import fetch_url
 from ..records import Item
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -34,6 +36,41 @@ def read_capped(fs, path: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ValueError(f"too large: exceeds the {max_bytes}-byte limit")
     return data
+
+
+@dataclass(frozen=True)
+class ReadFile:
+    """Reads a listed file and its caption file: a plain object, not a closure, so that an item
+    travels to a worker process that reads it there (fsspec filesystems pickle)."""
+
+    fs: Any
+    path: str
+    caption: str | None
+    max_bytes: int
+
+    @property
+    def waits(self) -> bool:
+        """Whether reading waits on a network (worth a thread of its own) rather than a disk."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        return "file" not in protocols
+
+    def __call__(self) -> tuple[bytes, str | None]:
+        data = read_capped(self.fs, self.path, self.max_bytes)
+        text = caption_text(read_capped(self.fs, self.caption, self.max_bytes)) if self.caption else None
+        return data, text
+
+
+@dataclass(frozen=True)
+class ReadUrl:
+    """Fetches an http(s) (or, when allowed, file://) URL; see ``ReadFile``."""
+
+    url: str
+    allow_private: bool
+    max_bytes: int
+    waits = True
+
+    def __call__(self) -> tuple[bytes, None]:
+        return fetch_url(self.url, allow_private=self.allow_private, max_bytes=self.max_bytes), None
 
 
 def caption_text(raw: bytes) -> str:
