@@ -240,7 +240,7 @@ def embeddings_table(records: Sequence[Record], dim: int) -> pa.Table:
         for i, v in enumerate(rows):
             if v is not None:
                 flat[i] = v
-        mask = pa.array([v is None for v in rows])
+        mask = pa.array([v is None for v in rows], pa.bool_())
         return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=mask)
 
     return pa.Table.from_arrays([
