@@ -63,6 +63,7 @@ def test_sigkill_at_any_moment_then_resume_gives_every_id_once(many_images, tiny
     out = tmp_path / "out"
     args = [*MMPIPE, "embed", str(many_images), "--out", str(out), "--model", tiny_model_spec,
             "--shard-size", "7", "--batch-size", "4"]
+    slabs_before = shm_slabs()
     # Kill at growing depths into the run: before the first commit, then mid-run several times.
     kills = kill_at_commit_depths(args, out, (0, 2, 6, 12, 20))
     assert kills >= 3, "the job finished before it could be killed; make it longer"
@@ -71,6 +72,12 @@ def test_sigkill_at_any_moment_then_resume_gives_every_id_once(many_images, tiny
     assert final.returncode == 0, final.stderr
     assert_same_rows(by_id(out), want, atol=1e-5)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    # The killed runs' decode slabs: gone (their resource tracker, or the next run, removed them)
+    assert shm_slabs() == slabs_before
+
+
+def shm_slabs() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("mmpipe-")} if os.path.isdir("/dev/shm") else set()
 
 
 def test_rerun_of_a_finished_job_does_nothing(image_dir, tiny_model_spec, tmp_path):

@@ -162,21 +162,24 @@ class ChildProcess:
 def _child_main(recipe: bytes, inbox, outbox, shared: tuple[ArrayField, int] | None) -> None:
     fn = pickle.loads(recipe)()
     slabs = SlabReader(*shared) if shared else None
-    outbox.send(("ready", None, 0.0))
     # A thread empties the pipe into a queue, so that the parent's next batch never waits for
     # this process to finish the current one (both sides writing at once would deadlock).
     waiting: queue.Queue = queue.Queue()
     threading.Thread(target=_drain, args=(inbox, waiting), daemon=True).start()
-    while (message := waiting.get()) is not None:
-        batch, slab = message
-        start = time.perf_counter()
-        try:
-            out = fn(batch)
-        except Exception as exc:  # noqa: BLE001 - raised again in the parent
-            outbox.send(("raised", _portable(exc), time.perf_counter() - start))
-            continue
-        placed = _into_slab(out, slabs, slab) if slab else []
-        outbox.send(("done", (out, placed), time.perf_counter() - start))
+    try:
+        outbox.send(("ready", None, 0.0))
+        while (message := waiting.get()) is not None:
+            batch, slab = message
+            start = time.perf_counter()
+            try:
+                out = fn(batch)
+            except Exception as exc:  # noqa: BLE001 - raised again in the parent
+                outbox.send(("raised", _portable(exc), time.perf_counter() - start))
+                continue
+            placed = _into_slab(out, slabs, slab) if slab else []
+            outbox.send(("done", (out, placed), time.perf_counter() - start))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone (killed): nothing left to do
 
 
 def _drain(inbox, waiting: queue.Queue) -> None:
