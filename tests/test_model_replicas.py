@@ -14,7 +14,7 @@ import mmpipe
 from mmpipe.cli import main
 from mmpipe.models import load_clip
 from mmpipe.models.device_feed import DeviceFeed
-from mmpipe.stage import SharedSetup
+from mmpipe.stage import DeviceSetups, SharedSetup
 from tests.conftest import assert_same_rows, by_id, photo
 
 
@@ -100,3 +100,16 @@ def test_bad_replica_counts_are_one_line_exit_2(image_dir, tiny_model_spec, tmp_
     assert caught.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mmpipe: error: --model-replicas"), lines
+
+
+def _named(device: str):
+    return lambda batch: [device] * len(batch)
+
+
+def test_workers_take_the_devices_in_turn_and_share_one_build_per_device():
+    setup = DeviceSetups(_named, ["cuda:0", "cuda:2"])
+    fns = [setup() for _ in range(4)]  # two replicas on each of two GPUs
+    assert [f(["x"])[0] for f in fns] == ["cuda:0", "cuda:2", "cuda:0", "cuda:2"]
+    assert fns[0] is fns[2] and fns[1] is fns[3] and fns[0] is not fns[1]
+    again = pickle.loads(pickle.dumps(setup))  # what a Ray actor gets: the recipe, counted afresh
+    assert again()(["x"]) == ["cuda:0"] and again.devices == ["cuda:0", "cuda:2"]

@@ -17,7 +17,7 @@ from mmpipe.cli import main
 from mmpipe.errors import ConfigError
 from mmpipe.jobs.config import with_config_file
 from mmpipe.jobs.moderate import ModerateConfig
-from mmpipe.tune.sweep import Gated, Measurement, Task, TuneOptions, sweep
+from mmpipe.tune.sweep import Gated, Measurement, Task, TuneOptions, best, sweep
 from mmpipe.tune.trials import POWERS_OF_2, serve_yaml
 
 from tests.conftest import RunningServer
@@ -193,3 +193,31 @@ def test_serve_trials_run_a_real_server_process_and_stop_it(tiny_model_spec, tmp
         with urllib.request.urlopen(request, timeout=30) as resp:
             assert len(json.loads(resp.read())["data"][0]["embedding"]) > 0
     assert proc.poll() is not None  # stopped on leaving the block
+
+
+def test_a_price_gives_each_trial_its_cost_and_the_cheapest_wins():
+    # batch 16 is 3 % slower than 64 but has a far lower p99: without a price it is the best point
+    figures = {4: (50.0, 5.0), 16: (97.0, 10.0), 64: (100.0, 50.0)}  # items/s, p99 ms
+
+    def measure(config: dict) -> Measurement:
+        items_per_s, p99 = figures[config["batch_size"]]
+        return Measurement(items_per_s, p99 / 2, p99, 100.0)
+
+    task = Task("embed", [{"precision": "fp32"}], "batch_size", [4, 16, 64], [],
+                lambda variant: Gated({}), measure, dict)
+    plain = sweep(task, budget_s=60)
+    assert best(plain).config["batch_size"] == 16 and all(t.usd_per_million_items is None for t in plain)
+    priced = sweep(task, budget_s=60, price_per_hour=3.6)
+    for t in priced:  # $3.60 an hour is $0.001 a second: 1e3 / items_per_s dollars per million
+        assert t.usd_per_million_items == pytest.approx(1e3 / t.items_per_s)
+    assert best(priced, by_cost=True).config["batch_size"] == 64
+
+
+def test_tune_reports_the_cost_per_million_items(tiny_model_spec, tmp_path):
+    result = mmpipe.tune(tiny_model_spec, "embed", out=str(tmp_path / "t"), items=8, budget_minutes=1,
+                         batch_sizes=[4], variants=["fp32 eager"], price_per_hour=2.5, progress=False)
+    rows = list(csv.DictReader(result.files["csv"].open()))
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(float(r["usd_per_million_items"]) == pytest.approx(2.5 / 3600 / float(r["items_per_s"]) * 1e6,
+                                                                            rel=1e-4) for r in ok)
+    assert result.best.usd_per_million_items == min(float(r["usd_per_million_items"]) for r in ok)

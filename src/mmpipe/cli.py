@@ -69,6 +69,14 @@ def embed(
     model_replicas: int = typer.Option(1, help="Model workers per device sharing one copy of the weights; "
                                        "on a GPU each has its own CUDA stream and pinned buffer, so one's "
                                        "copies overlap another's forward pass."),
+    devices: Optional[str] = typer.Option(None, help="GPUs for the model workers, e.g. cuda:0,cuda:2 "
+                                          "(default with --device cuda: every visible GPU, one worker "
+                                          "each times --model-replicas, fed by one decode pool)."),
+    decode_device: str = typer.Option("auto", help="cpu, cuda (JPEGs decoded with nvJPEG on the model's "
+                                      "GPU; other formats and files it cannot take on the CPU) or auto "
+                                      "(cuda when the model is on CUDA and a GPU JPEG decoder is installed)."),
+    price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: "
+                                                   "stats.json and the summary give the cost per million items."),
     engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
                                               "none to join a running cluster or start a local one."),
@@ -86,6 +94,7 @@ def embed(
                  allow_private_urls=allow_private_urls, max_pixels=max_pixels, max_bytes=max_bytes,
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  model_replicas=model_replicas, engine=engine, ray_address=ray_address,
+                 devices=devices, decode_device=decode_device, price_per_hour=price_per_hour,
                  storage_options=parse_storage_options(storage_option))
     result = run(progress=progress, **with_config_file(EmbedConfig, config, auto(options), given(ctx)))
     print_summary("embedded", result)
@@ -119,6 +128,8 @@ def moderate(
                                                  "and texts (default: one per usable core)."),
     read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
     model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
+    price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: "
+                                                   "stats.json and the summary give the cost per million items."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
     overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
     shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
@@ -141,7 +152,7 @@ def moderate(
                  max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
                  judge_url=judge_url, nsfw_precision=nsfw_precision,
                  batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
-                 model_threads=model_threads, limit=limit, overwrite=overwrite,
+                 model_threads=model_threads, price_per_hour=price_per_hour, limit=limit, overwrite=overwrite,
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
@@ -231,6 +242,8 @@ def tune(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     min_cosine: float = typer.Option(0.99, help="Embedding accuracy gate (mean cosine to eager fp32)."),
     rate: float = typer.Option(20.0, help="serve: offered requests/s (Poisson) in every trial."),
+    price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: each "
+                                                   "trial gets its cost per million items, and the cheapest wins."),
     progress: Optional[bool] = typer.Option(None, help="A line per trial on stderr (default: on)."),
 ) -> None:
     """Sweep batch size, precision/runtime, workers, threads and replicas; write tune.json/csv, a
@@ -238,7 +251,7 @@ def tune(
     from .tune.run import tune as run
 
     result = run(model, task, budget_minutes=budget_minutes, out=out, items=items, device=device,
-                 min_cosine=min_cosine, rate=rate, progress=progress)
+                 min_cosine=min_cosine, rate=rate, price_per_hour=price_per_hour, progress=progress)
     err.print(f"results: {result.out}; "
               + (f"best: {result.files['best']}" if result.best else "no configuration passed"), markup=False)
 
@@ -448,6 +461,9 @@ def print_summary(verb: str, result: JobResult) -> None:
               + (f", {result.skipped} already done" if result.skipped else "")
               + (f", {result.duplicates} duplicate ids ignored" if result.duplicates else "")
               + f" → {result.out}{random}")
+    if result.cost:
+        err.print(f"cost: ${result.cost['usd_per_million_items']:,.4g} per million items at "
+                  f"${result.cost['price_per_hour']:g}/h (the whole run, model setup included)", markup=False)
     for reason, count in result.top_errors:
         err.print(f"  {count} × {reason}")
 

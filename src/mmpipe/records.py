@@ -36,6 +36,8 @@ class Decoded:
     uri: str | None
     text: str | None
     pixels: np.ndarray | None = None  # resized, cropped image (C, H, W) uint8; the model normalises
+    # A JPEG left for the model's device to decode (--decode-device cuda), instead of pixels.
+    encoded: bytes | None = None
     tokens: np.ndarray | None = None  # model-ready token ids (L,) int64
     # A pipelined image tower's activations between two of its parts: (tokens, width) float32.
     hidden: np.ndarray | None = None
@@ -68,8 +70,8 @@ Record = Item | Decoded | Scored
 
 def failed(record: Record, reason: str) -> Record:
     """The error twin of ``record``: identity kept, payload dropped, reason recorded."""
-    payload = {"data": None, "pixels": None, "tokens": None, "hidden": None, "frames": None,
-               "outputs": {}}
+    payload = {"data": None, "pixels": None, "encoded": None, "tokens": None, "hidden": None,
+               "frames": None, "outputs": {}}
     names = {f.name for f in dataclasses.fields(record)}
     changes = {k: v for k, v in payload.items() if k in names}
     return dataclasses.replace(record, error=reason, **changes)

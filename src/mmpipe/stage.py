@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 from .records import Record
@@ -78,3 +79,26 @@ class SharedSetup:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["setup"])
+
+
+class DeviceSetups:
+    """``setup`` for a model stage's workers spread over several devices (every GPU of a node):
+    the k-th worker to start runs on ``devices[k % n]`` and the workers of one device share one
+    build of ``build(device)`` (``SharedSetup``). Pickled it carries only the recipe."""
+
+    def __init__(self, build: Callable[[str], BatchFn], devices: Sequence[str]):
+        self.build, self.devices = build, list(devices)
+        self._shared = [SharedSetup(partial(build, d)) for d in self.devices]
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def __call__(self) -> BatchFn:
+        with self._lock:
+            k, self._started = self._started, self._started + 1
+        return self._shared[k % len(self._shared)]()
+
+    def __getstate__(self) -> dict:
+        return {"build": self.build, "devices": self.devices}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["build"], state["devices"])

@@ -102,6 +102,12 @@ def test_rerun_of_a_finished_job_does_nothing(image_dir, tiny_model_spec, tmp_pa
     (["--model", "path:/nowhere/at/all"], "/nowhere/at/all"),
     (["--storage-option", "novalue"], "--storage-option"),
     (["--no-such-flag"], "--no-such-flag"),
+    (["--decode-device", "cuda"], "--decode-device"),  # the model is on the CPU
+    (["--decode-device", "tpu"], "--decode-device"),
+    (["--devices", "gpu0,gpu1"], "--devices"),
+    (["--devices", "cuda:0", "--engine", "ray"], "--devices"),
+    (["--devices", "cuda:0"], "--devices"),  # no CUDA here (or no such GPU)
+    (["--model", "zeros:ViT-B-32", "--precision", "bf16"], "--model"),
 ])
 def test_bad_options_are_one_line_naming_the_option_exit_2(image_dir, tiny_model_spec, tmp_path,
                                                            args, names):
@@ -138,3 +144,18 @@ def test_help_explains_the_command():
         assert flag in proc.stdout, flag
     no_args = run_cli()
     assert no_args.returncode == 2 and "embed" in no_args.stdout
+
+
+def test_price_per_hour_gives_the_cost_per_million_items(image_dir, tiny_model_spec, tmp_path):
+    out = tmp_path / "out"
+    run = run_cli("embed", str(image_dir), "--out", str(out), "--model", tiny_model_spec,
+                  "--price-per-hour", "3.6")
+    assert run.returncode == 0, run.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    # $3.60 an hour is $0.001 a second, for the whole run (model setup included)
+    seconds = stats["setup_s"] + stats["wall_s"]
+    assert stats["price_per_hour"] == 3.6
+    assert stats["usd_per_million_items"] == pytest.approx(1e3 * seconds / stats["items"], rel=0.01)
+    assert "cost: $" in run.stderr and "per million items at $3.6/h" in run.stderr
+    bad = run_cli("embed", str(image_dir), "--out", str(out), "--model", tiny_model_spec, "--price-per-hour", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("mmpipe: error: --price-per-hour")

@@ -167,7 +167,8 @@ def _cuda_register(shm: shared_memory.SharedMemory, size: int) -> bool:
     asynchronously; False (an ordinary, slower copy) if the driver refuses."""
     import torch
 
-    return torch.cuda.cudart().cudaHostRegister(_address(shm), size, 0) == 0
+    # Portable (flag 1): pinned for every GPU of the node, whichever model worker reads it.
+    return int(torch.cuda.cudart().cudaHostRegister(_address(shm), size, 1)) == 0
 
 
 def _cuda_unregister(shm: shared_memory.SharedMemory) -> None:

@@ -43,6 +43,9 @@ class JobConfig(BaseModel):
     max_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1)
     allow_pickle: bool = False
     storage_options: dict = Field(default_factory=dict)
+    # What the machine costs (USD an hour): stats.json and the summary then give the cost per
+    # million items.
+    price_per_hour: float | None = Field(None, gt=0)
     # Where the stages run: this process (threads) or a Ray cluster; output and resume are the same.
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one

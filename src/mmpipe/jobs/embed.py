@@ -1,26 +1,27 @@
-"""The embedding job: items → read → decode + preprocess → CLIP towers → Parquet shards."""
+"""The embedding job: items → read + decode + preprocess → CLIP towers → Parquet shards."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..decode import DecodeError, decode_image
 from ..errors import ConfigError
 from ..engine import Engine, LocalEngine, make_engine
-from ..models import DEFAULT_CLIP, ClipPreprocessor, load_clip
-from ..models.clip import LoadedClip
+from ..models import DEFAULT_CLIP, load_clip
+from ..models.clip import LoadedClip, check_device
 from ..models.variants import ClipVariant, Precision, Runtime, Variant
-from ..records import Decoded, Item, Record, Scored
+from ..records import Record
 from ..sources import open_source
-from ..stage import ArrayField, Resources, SharedSetup, Stage
+from ..stage import ArrayField, DeviceSetups, Resources, Stage
+from ..stages.clip_embedding import EmbedBatch, ImagePartBatch, TextTowerBatch, crop_only, preprocess
 from ..stages.common import decode_stage
+from ..stages.gpu_images import MIN_AGREEMENT, GpuDecoding, agreement
 from ..tune.accuracy import Gate
 from ..tune.clip_gate import gated_variant
 from .config import JobConfig
@@ -45,6 +46,20 @@ class EmbedConfig(JobConfig):
     # The decode workers as processes writing into shared memory (local engine; see
     # engine.child_process), so that this process only feeds the model; False: threads here.
     decode_processes: bool = True
+    # Where JPEGs are decoded: cuda is nvJPEG on the model's GPU (stages.gpu_images); auto picks
+    # it when the model is on CUDA and a GPU JPEG decoder is installed.
+    decode_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The GPUs of the local engine's model workers (default with --device cuda: all visible).
+    devices: list[str] | None = None
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_list(cls, value):
+        if isinstance(value, str):
+            value = [d.strip() for d in value.split(",") if d.strip()]
+        if value is not None and (not value or any(not d.startswith("cuda:") for d in value)):
+            raise ValueError("expected CUDA devices such as cuda:0,cuda:2")
+        return value
 
     @model_validator(mode="after")
     def _variant_runs_here(self):
@@ -61,6 +76,16 @@ class EmbedConfig(JobConfig):
             # max-autotune replays CUDA graphs, which belong to the thread that recorded them.
             raise ConfigError("--model-replicas", "a model compiled for CUDA runs in one thread; "
                                                   "use --runtime eager with several replicas")
+        if self.devices and not self.device.startswith("cuda"):
+            if self.device != "cpu":
+                raise ConfigError("--devices", f"lists GPUs; it does not combine with --device {self.device}")
+            self.device = "cuda"  # --devices alone says where the model runs
+        if self.devices and (self.engine != "local" or self.pipeline_stages > 1):
+            raise ConfigError("--devices", "spreads the local engine's model workers over GPUs; on Ray "
+                                           "each actor has a GPU of its own, and pipeline parts one each")
+        if self.decode_device == "cuda" and not self.device.startswith("cuda"):
+            raise ConfigError("--decode-device", "cuda decodes JPEGs on the model's GPU: it needs "
+                                                 "--device cuda")
         return self
 
     @property
@@ -78,23 +103,30 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes.
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
+    model_devices(cfg)  # a GPU named in --devices that is not there stops the job here, by that flag
     engine = make_engine(cfg.engine, cfg.ray_address)
     clip = gated_clip(cfg, engine)
+    gpu = gpu_decoding(cfg, clip)
+    decode = {"device": "cuda" if gpu else "cpu", "fast": cfg.fast_decode,
+              "processes": cfg.decode_processes and cfg.engine == "local"}
+    if gpu:
+        decode["agreement"] = checked_agreement(clip, gpu, cfg, engine)
     job = JobSpec(
         label="embed",
         # INPUT too: resuming another input into the same folder would mix two jobs' rows.
         signature={"job": "embed", "input": cfg.input, "model": str(clip.spec),
                    "precision": cfg.precision, "runtime": cfg.runtime},
         items=open_source(cfg.input, cfg.source_options()),
-        stages=embed_stages(clip, cfg, engine),
+        stages=embed_stages(clip, cfg, engine, gpu),
         to_table=lambda records: embeddings_table(records, clip.dim),
         manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,
                   "dimension": clip.dim, "precision": cfg.precision, "variant": clip.describe(),
-                  "input": cfg.input,
+                  "decode": decode, "input": cfg.input,
                   "columns": [f.name for f in embedding_schema(clip.dim)]},
     )
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
-                   overwrite=cfg.overwrite, progress=progress, engine=engine)
+                   overwrite=cfg.overwrite, progress=progress, engine=engine,
+                   price_per_hour=cfg.price_per_hour)
 
 
 def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
@@ -109,35 +141,90 @@ def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
     return replace(gated, image_batch=cfg.batch_size)
 
 
+def gpu_decoding(cfg: EmbedConfig, clip: LoadedClip) -> GpuDecoding | None:
+    """How the model workers decode JPEGs on their GPU, or None: the CPU decodes everything."""
+    if cfg.decode_device == "cpu" or not cfg.device.startswith("cuda"):
+        return None
+    from ..decode.gpu import nvjpeg_backend
+
+    backend = nvjpeg_backend()
+    if backend is None:
+        if cfg.decode_device == "cuda":
+            raise ConfigError("--decode-device", "no GPU JPEG decoder can be imported here: install "
+                                                 "torchvision built for this torch, or nvidia-nvimgcodec-cu12")
+        return None
+    pre = clip.preprocessor
+    return GpuDecoding(backend, pre.resize_to, pre.crop,
+                       partial(crop_only, pre=pre, max_pixels=cfg.max_pixels, min_side=_min_side(cfg, clip)))
+
+
+def checked_agreement(clip: LoadedClip, gpu: GpuDecoding, cfg: EmbedConfig, engine: Engine) -> dict:
+    """GPU decoding's vectors against the CPU path's on the evaluation set, measured where the
+    model runs; refused below MIN_AGREEMENT mean cosine."""
+    measured = engine.run_once(partial(_agreement, clip, gpu), model_resources(cfg))
+    if measured["mean_cosine"] < MIN_AGREEMENT:
+        raise ConfigError("--decode-device", f"vectors from GPU-decoded images have mean cosine "
+                                             f"{measured['mean_cosine']} to the CPU path's (< {MIN_AGREEMENT}) "
+                                             "on the evaluation set; use --decode-device cpu")
+    return measured
+
+
+def _agreement(clip: LoadedClip, gpu: GpuDecoding) -> dict:
+    return agreement(gpu.on(clip.device), clip.make_embedder().embed_images)
+
+
+def model_devices(cfg: EmbedConfig) -> list[str]:
+    """The devices of the model workers: --devices, every visible GPU for a local --device cuda,
+    else the one --device (on Ray, each actor's own)."""
+    if cfg.devices:
+        for device in cfg.devices:
+            check_device(device, flag="--devices")
+        return cfg.devices
+    if cfg.device == "cuda" and cfg.engine == "local":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [cfg.device]
+
+
 def model_resources(cfg: EmbedConfig) -> Resources:
     """A model worker's share of a device: with N replicas each takes 1/N of a GPU (on Ray, N
     actors on each GPU, each with its own weights; in this process they share one copy)."""
     return Resources(num_cpus=1, num_gpus=1 / cfg.model_replicas if cfg.device.startswith("cuda") else 0)
 
 
-def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
-    pre = clip.preprocessor
+def _min_side(cfg: EmbedConfig, clip: LoadedClip) -> int | None:
     # Drafting only down to twice the model's input keeps the resize that follows nearly exact
     # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
-    min_side = 2 * pre.resize_to if cfg.fast_decode else None
-    # Decode batches are the model's: a worker process fills one slab per batch, which the
-    # model then reads as it lies.
+    return 2 * clip.preprocessor.resize_to if cfg.fast_decode else None
+
+
+def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine(),
+                 gpu: GpuDecoding | None = None) -> list[Stage]:
+    """Reading and decoding in worker processes (or threads), then the model. Decode batches
+    are the model's: a worker process fills one slab per batch, which the model reads as it
+    lies. With ``gpu``, JPEGs the GPU can take travel as bytes and are decoded there."""
+    pre = clip.preprocessor
     return [
-        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, min_side=min_side),
+        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, min_side=_min_side(cfg, clip),
+                             gpu_jpegs=gpu is not None),
                      workers=cfg.decode_workers, read_workers=cfg.read_workers, batch_size=cfg.batch_size,
                      in_processes=cfg.decode_processes, shared=ArrayField("pixels", (3, pre.crop, pre.crop))),
-        *model_stages(clip, cfg, engine),
+        *model_stages(clip, cfg, engine, gpu),
     ]
 
 
-def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine()) -> list[Stage]:
-    """One stage with the whole model or, with ``--pipeline-stages K``, the text tower then the
+def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine(),
+                 gpu: GpuDecoding | None = None) -> list[Stage]:
+    """One stage with the whole model, ``--model-replicas`` workers on each device (every GPU of
+    the node with --device cuda) or, with ``--pipeline-stages K``, the text tower then the
     image tower in K parts, each part a worker of its own owning only its layers. Parts work on
     consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
     device = model_resources(cfg)
     if cfg.pipeline_stages == 1:
-        return [Stage("embed", SharedSetup(partial(EmbedBatch, clip)), batch_size=cfg.batch_size,
-                      concurrency=cfg.model_replicas, resources=device)]
+        devices = model_devices(cfg)
+        return [Stage("embed", DeviceSetups(partial(EmbedBatch, clip, gpu), devices), batch_size=cfg.batch_size,
+                      concurrency=len(devices) * cfg.model_replicas, resources=device)]
     from ..models.pipeline import split_vision
 
     # Measured once, on the kind of device the parts will run on, so that every worker gets the
@@ -147,81 +234,6 @@ def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
                   resources=device),
             *(Stage(f"embed-vision-{i}", partial(ImagePartBatch, clip, layers),
                     batch_size=cfg.batch_size, resources=device) for i, layers in enumerate(parts))]
-
-
-def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int | None) -> Decoded:
-    decoded = Decoded(id=item.id, uri=item.uri, text=item.text)
-    if item.data is not None:
-        try:
-            img, (decoded.width, decoded.height) = decode_image(item.data, max_pixels, min_side)
-        except DecodeError as exc:
-            raise ValueError(str(exc)) from None
-        decoded.pixels = pre.image(img)
-    if item.text:
-        decoded.tokens = pre.text(item.text)
-    return decoded
-
-
-class EmbedBatch:
-    """The model stage's batch function: one per model worker, owning its weights."""
-
-    def __init__(self, clip: LoadedClip):
-        self.embedder = clip.make_embedder()
-
-    def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
-        images = _where_present([r.pixels for r in batch],
-                                self.embedder.embed_images)
-        texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
-        return [_scored(r, image_embedding=i, text_embedding=t) for r, i, t in zip(batch, images, texts)]
-
-
-class TextTowerBatch:
-    """A pipelined embed's first model stage: the text tower alone; images pass on untouched."""
-
-    def __init__(self, clip: LoadedClip):
-        from ..models.pipeline import text_embedder
-
-        self.embedder = text_embedder(clip)
-
-    def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
-        texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
-        return [r if v is None else replace(r, tokens=None, outputs={**r.outputs, "text_embedding": v})
-                for r, v in zip(batch, texts)]
-
-
-class ImagePartBatch:
-    """One part of a pipelined image tower: pixels or the previous part's ``hidden`` in, ``hidden``
-    out; the last part turns every record into its ``Scored`` row, as ``EmbedBatch`` does."""
-
-    def __init__(self, clip: LoadedClip, layers: range):
-        from ..models.pipeline import VisionPart
-
-        self.part = VisionPart(clip, layers)
-
-    def __call__(self, batch: Sequence[Decoded]) -> list[Decoded | Scored]:
-        inputs = [r.pixels if self.part.first else r.hidden for r in batch]
-        outs = _where_present(inputs, lambda xs: self.part(np.stack(xs)))
-        if self.part.last:
-            return [_scored(r, image_embedding=v) for r, v in zip(batch, outs)]
-        return [r if h is None else replace(r, pixels=None, hidden=h) for r, h in zip(batch, outs)]
-
-
-def _where_present(inputs: list[np.ndarray | None],
-                   fn: Callable[[list[np.ndarray]], np.ndarray]) -> list[np.ndarray | None]:
-    """``fn`` once on the inputs that are there (a batch mixes images, texts and both); None
-    where an input is missing."""
-    present = [i for i, x in enumerate(inputs) if x is not None]
-    out: list[np.ndarray | None] = [None] * len(inputs)
-    if present:
-        for i, v in zip(present, fn([inputs[i] for i in present])):
-            out[i] = v
-    return out
-
-
-def _scored(r: Decoded, **vectors: np.ndarray | None) -> Scored:
-    """``r``'s output row: what earlier stages found plus ``vectors``, absent ones left out."""
-    outputs = {**r.outputs, **{k: v for k, v in vectors.items() if v is not None}}
-    return Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height, outputs=outputs)
 
 
 def embedding_schema(dim: int) -> pa.Schema:

@@ -28,6 +28,7 @@ class JobResult:
     stats: EngineStats
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
+    cost: dict | None = None  # price_per_hour and usd_per_million_items, when a price was given
 
     @property
     def items_per_s(self) -> float:
@@ -47,7 +48,8 @@ class JobSpec:
 
 
 def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None,
-            overwrite: bool, progress: bool | None = None, engine: Engine | None = None) -> JobResult:
+            overwrite: bool, progress: bool | None = None, engine: Engine | None = None,
+            price_per_hour: float | None = None) -> JobResult:
     out_dir = OutputDir(out)
     commits = out_dir.open(job.signature, overwrite)
     done = {i for c in commits for i in c.ids}
@@ -76,13 +78,22 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
                     counts={"rows": total_rows, "ok": total_rows - total_errors, "errors": total_errors},
                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     out_dir.write_json(MANIFEST, manifest)
+    cost = run_cost(stats, price_per_hour) if price_per_hour and stats.items else None
     # A rerun that found everything committed measured nothing: keep the last real run's figures.
     if stats.items or not (out_dir.path / STATS).exists():
-        out_dir.write_json(STATS, {**stats.to_dict(), "started_at": started,
+        out_dir.write_json(STATS, {**stats.to_dict(), **(cost or {}), "started_at": started,
                                    "skipped_committed": counts["skipped"]})
     return JobResult(out=out_dir.path, ok=sink.rows - sink.errors, errors=sink.errors,
                      skipped=counts["skipped"], duplicates=counts["duplicates"], stats=stats,
-                     top_errors=reasons.most_common(5), manifest=manifest)
+                     top_errors=reasons.most_common(5), manifest=manifest, cost=cost)
+
+
+def run_cost(stats: EngineStats, price_per_hour: float) -> dict:
+    """What the run's items cost at ``price_per_hour``: the whole run's time (model setup
+    included, as the machine is paid for it) per million items."""
+    hours = (stats.setup_s + stats.wall_s) / 3600
+    return {"price_per_hour": price_per_hour,
+            "usd_per_million_items": round(price_per_hour * hours / stats.items * 1e6, 6)}
 
 
 def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: Counter,

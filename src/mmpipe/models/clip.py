@@ -95,10 +95,12 @@ class PixelNormaliser:
         self.shift = (-mean / std).to(self.device)
         self.local = threading.local()
 
-    def __call__(self, pixels: np.ndarray):
-        """The result is valid until this thread's next call."""
+    def __call__(self, pixels):
+        """``pixels``: an array, or a tensor (on the model's device when decoded there). The
+        result is valid until this thread's next call."""
         torch = self.torch
-        x = torch.from_numpy(pixels).to(self.device, non_blocking=True)
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(pixels)
+        x = x.to(self.device, non_blocking=True)
         out = thread_buffer(self.local, x.numel(), lambda n: torch.empty(n, dtype=torch.float32,
                                                                           device=self.device)).view(x.shape)
         torch.mul(x, self.scale, out=out)
@@ -123,13 +125,14 @@ class ClipEmbedder:
         # minute; the job's last, shorter batch would pay that).
         self.image_batch: int | None = None
 
-    def embed_images(self, pixels: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """Unit vectors of a uint8 batch (N, 3, H, W), or of a list of images: stacked here, on a
-        GPU straight into pinned memory. Safe to call from several threads at once."""
-        if self.image_batch is not None:
-            return in_fixed_batches(self._embed_images, np.asarray(pixels), self.image_batch)
-        if not isinstance(pixels, np.ndarray):
+    def embed_images(self, pixels) -> np.ndarray:
+        """Unit vectors of a uint8 batch (N, 3, H, W): an array, a tensor (already on the GPU when
+        decoded there), or a list of images, stacked here (on a GPU straight into pinned
+        memory). Safe to call from several threads at once."""
+        if isinstance(pixels, (list, tuple)):
             pixels = self.feed.stack(pixels)
+        if self.image_batch is not None:
+            return in_fixed_batches(self._embed_images, pixels, self.image_batch)
         return self._embed_images(pixels)
 
     def _embed_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -149,15 +152,21 @@ class ClipEmbedder:
         return unit_rows(projected(out))
 
 
-def in_fixed_batches(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, size: int) -> np.ndarray:
-    """``fn`` over ``x`` in batches of exactly ``size`` rows, the last one padded with zeros whose
-    results are dropped."""
+def in_fixed_batches(fn: Callable[[np.ndarray], np.ndarray], x, size: int) -> np.ndarray:
+    """``fn`` over ``x`` (an array or a tensor) in batches of exactly ``size`` rows, the last one
+    padded with zeros whose results are dropped."""
     out = []
     for i in range(0, len(x), size):
         chunk = x[i: i + size]
         n = len(chunk)
         if n < size:
-            chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
+            pad = (size - n, *chunk.shape[1:])
+            if isinstance(chunk, np.ndarray):
+                chunk = np.concatenate([chunk, np.zeros(pad, chunk.dtype)])
+            else:
+                import torch
+
+                chunk = torch.cat([chunk, chunk.new_zeros(pad)])
         out.append(fn(chunk)[:n])
     return np.concatenate(out)
 
@@ -241,18 +250,18 @@ def load_clip(spec: str | ModelSpec, device: str = "cpu", precision: str = "fp32
     return LoadedClip(pre, load, int(config.projection_dim), spec, device, precision)
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, flag: str = "--device") -> None:
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError("--device", f"expected cpu or cuda[:N], not {device!r}")
+        raise ConfigError(flag, f"expected cpu or cuda[:N], not {device!r}")
     if kind == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError("--device", "CUDA is not available on this machine")
+            raise ConfigError(flag, "CUDA is not available on this machine")
         if index and int(index) >= torch.cuda.device_count():
-            raise ConfigError("--device", f"no CUDA device {index} "
-                                          f"(this machine has {torch.cuda.device_count()})")
+            raise ConfigError(flag, f"no CUDA device {index} "
+                                    f"(this machine has {torch.cuda.device_count()})")
 
 
 def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedClip:

@@ -14,22 +14,29 @@ from rich.table import Table
 
 from .sweep import Trial
 
-_FIGURES = ("items_per_s", "p50_ms", "p99_ms", "peak_mib")
+_FIGURES = {"items_per_s": "items/s", "p50_ms": "p50", "p99_ms": "p99", "peak_mib": "MiB",
+            "usd_per_million_items": "$/M items"}
 
 
 def table(trials: Sequence[Trial], task: str, best: Trial | None) -> Table:
     keys = _config_keys(trials)
+    figures = _figures(trials)
     accuracy = sorted({k for t in trials for k in t.accuracy})
     out = Table(title=f"mmpipe tune: {task}", box=box.SIMPLE_HEAD, show_edge=False,
                 caption="p50/p99: per batch (jobs) or per request (serve), ms; ★ best.yaml")
-    for name in ["", *keys, "items/s", "p50", "p99", "MiB", *accuracy, "status"]:
+    for name in ["", *keys, *(_FIGURES[f] for f in figures), *accuracy, "status"]:
         out.add_column(name, justify="left" if name in ("status", "") else "right")
     for t in trials:
         status = t.status if not t.reason else f"{t.status}: {t.reason}"
         out.add_row("★" if t is best else "", *[_cell(t.config.get(k)) for k in keys],
-                    *[_cell(getattr(t, f)) for f in _FIGURES], *[_cell(t.accuracy.get(k)) for k in accuracy],
+                    *[_cell(getattr(t, f)) for f in figures], *[_cell(t.accuracy.get(k)) for k in accuracy],
                     status, style={"ok": None, "skipped": "dim", "gate_failed": "red", "error": "red"}[t.status])
     return out
+
+
+def _figures(trials: Sequence[Trial]) -> list[str]:
+    """The figure columns: the cost only when the sweep had a price."""
+    return [f for f in _FIGURES if f != "usd_per_million_items" or any(t.usd_per_million_items for t in trials)]
 
 
 def write_json(trials: Sequence[Trial], meta: dict, path: Path) -> Path:
@@ -42,9 +49,10 @@ def write_csv(trials: Sequence[Trial], path: Path) -> Path:
     accuracy = sorted({k for t in trials for k in t.accuracy})
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*keys, *_FIGURES, *accuracy, "status", "reason"])
+        figures = _figures(trials)
+        w.writerow([*keys, *figures, *accuracy, "status", "reason"])
         for t in trials:
-            w.writerow([*[t.config.get(k) for k in keys], *[getattr(t, f) for f in _FIGURES],
+            w.writerow([*[t.config.get(k) for k in keys], *[getattr(t, f) for f in figures],
                         *[t.accuracy.get(k) for k in accuracy], t.status, t.reason or ""])
     return path
 

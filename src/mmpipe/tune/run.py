@@ -38,14 +38,15 @@ def tune(model: str, task: str, *, progress: bool | None = None, **options) -> T
 
     def show(t: Trial) -> None:
         figures = (f"{t.items_per_s:,.1f} items/s, p50 {t.p50_ms} ms, p99 {t.p99_ms} ms, {t.peak_mib} MiB"
+                   + (f", ${t.usd_per_million_items:,.4g} per million items" if t.usd_per_million_items else "")
                    if t.status == "ok" else f"{t.status}: {t.reason}")
         console.print(f"[{len(trials)}] {report.label(t.config) or 'default'}: {figures}", markup=False)
 
     try:
         sweep(job, opts.budget_minutes * 60 - (time.monotonic() - started),
-              on_trial=lambda t: (trials.append(t), show(t)))
+              on_trial=lambda t: (trials.append(t), show(t)), price_per_hour=opts.price_per_hour)
     finally:  # an interrupted sweep still leaves what it measured
-        winner = best(trials)
+        winner = best(trials, by_cost=opts.price_per_hour is not None)
         chosen = job.best_config(winner.config) if winner else None
         meta = {"task": opts.task, "model": opts.model, "options": opts.model_dump(mode="json"),
                 "best": chosen, "elapsed_s": round(time.monotonic() - started, 1)}

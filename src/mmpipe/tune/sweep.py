@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -43,6 +44,7 @@ class Trial:
     p99_ms: float | None = None
     peak_mib: float | None = None
     accuracy: dict = field(default_factory=dict)  # the variant's figures against fp32
+    usd_per_million_items: float | None = None  # at the sweep's --price-per-hour, when given
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,16 +89,22 @@ class TuneOptions(BaseModel):
     # Restrict the sweep (tests, quick looks): "fp32 eager", "int8 onnx" …; batch sizes to try.
     variants: list[str] | None = None
     batch_sizes: list[int] | None = None
+    # USD an hour for the machine: trials then get a cost per million items and are ranked by it.
+    price_per_hour: float | None = Field(None, gt=0)
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out or f"tune-{self.task}")
 
 
-def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambda t: None) -> list[Trial]:
-    """Every trial of ``task`` in the order run; stops measuring when ``budget_s`` runs out."""
+def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambda t: None,
+          price_per_hour: float | None = None) -> list[Trial]:
+    """Every trial of ``task`` in the order run; stops measuring when ``budget_s`` runs out. With
+    ``price_per_hour`` each measured trial gets its cost per million items, and the best point
+    that single changes are tried around is the cheapest."""
     deadline = time.monotonic() + budget_s
     trials: list[Trial] = []
+    leading = partial(best, by_cost=price_per_hour is not None)
 
     def record(trial: Trial) -> Trial:
         trials.append(trial)
@@ -110,7 +118,8 @@ def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambd
             m = task.measure(config)
         except Exception as exc:  # noqa: BLE001 - one broken configuration is a row, not the end
             return record(Trial(config, "error", f"{type(exc).__name__}: {exc}", accuracy=accuracy))
-        return record(Trial(config, "ok", None, m.items_per_s, m.p50_ms, m.p99_ms, m.peak_mib, accuracy))
+        cost = usd_per_million(m.items_per_s, price_per_hour) if price_per_hour else None
+        return record(Trial(config, "ok", None, m.items_per_s, m.p50_ms, m.p99_ms, m.peak_mib, accuracy, cost))
 
     for variant in task.variants:
         if time.monotonic() > deadline:
@@ -124,7 +133,7 @@ def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambd
         if gated.failure:
             record(Trial(variant, "gate_failed", gated.failure, accuracy=gated.accuracy))
             continue
-        leader = best(trials)
+        leader = leading(trials)
         floor = leader.config[task.batch_field] / FAR_BELOW if leader else 0
         last: Trial | None = None  # this variant's last measured batch size
         stopped: str | None = None
@@ -145,7 +154,7 @@ def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambd
                     stopped = (f"dominated: {task.batch_field} {size} was not > {GAIN:.0%} better "
                                f"than {last.config[task.batch_field]}")
                 last = trial
-    leader = best(trials)
+    leader = leading(trials)
     if leader is not None:
         for extra in task.extras:
             config = {**leader.config, **extra}
@@ -164,12 +173,19 @@ def _improves(new: Trial, old: Trial) -> bool:
             and old.p99_ms is not None and new.p99_ms < old.p99_ms * (1 - GAIN))
 
 
-def best(trials: list[Trial]) -> Trial | None:
+def usd_per_million(items_per_s: float, price_per_hour: float) -> float:
+    return round(price_per_hour / 3600 / items_per_s * 1e6, 6)
+
+
+def best(trials: list[Trial], by_cost: bool = False) -> Trial | None:
     """The lowest p99 among the measured trials within GAIN of the highest throughput (at a fixed
-    offered rate, every configuration that keeps up has the same throughput)."""
+    offered rate, every configuration that keeps up has the same throughput); ``by_cost``: the
+    lowest cost per million items, then the lowest p99."""
     ok = [t for t in trials if t.status == "ok" and t.items_per_s]
     if not ok:
         return None
+    if by_cost:
+        return min(ok, key=lambda t: (t.usd_per_million_items, t.p99_ms if t.p99_ms is not None else float("inf")))
     top = max(t.items_per_s for t in ok)
     near = [t for t in ok if t.items_per_s >= top * (1 - GAIN)]
     return min(near, key=lambda t: (t.p99_ms if t.p99_ms is not None else float("inf"), -t.items_per_s))

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import ConfigError
+from ..jobs.config import usable_cores
 from .accuracy import Accuracy, Gate
 from .sweep import Gated, Measurement, Task, TuneOptions, parse_variants
 
@@ -103,9 +104,11 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
         return _job_measurement(out, "embed", peak)
 
     measure({})  # warm-up, not recorded: the first run in a process pays for imports and caches
-    extras = [{"decode_workers": n} for n in (1, 4)]
-    if opts.device.startswith("cuda"):  # feeding the GPU: decoders out of the GIL, two replicas
-        extras += [{"decode_processes": True}, {"model_replicas": 2}]
+    cores = usable_cores()  # the default number of decode workers
+    extras = [{"decode_workers": n} for n in sorted({max(1, cores // 2), 2 * cores})]
+    extras.append({"decode_processes": False})  # threads: no process start, but decoding holds the GIL
+    if opts.device.startswith("cuda"):  # feeding the GPU: two replicas; JPEGs decoded by the CPU
+        extras += [{"model_replicas": 2}, {"decode_device": "cpu"}]
     return Task("embed", _variants(opts), "batch_size", _sizes(opts, [4, 8, 16, 32, 64, 128]),
                 extras, check, measure, lambda config: {**base, **config})
 
