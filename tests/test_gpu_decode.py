@@ -78,11 +78,11 @@ def pillow_as_nvjpeg(datas) -> list:
 def spec(clip) -> GpuDecoding:
     pre = clip.preprocessor
     return GpuDecoding("test", pre.resize_to, pre.crop,
-                       partial(crop_only, pre=pre, max_pixels=64_000_000, min_side=None))
+                       partial(crop_only, pre=pre, max_pixels=64_000_000, fast=False))
 
 
 def decoded(clip, data: bytes, gpu_jpegs: bool = True):
-    fn = ReadThenDecode(partial(preprocess, pre=clip.preprocessor, max_pixels=64_000_000, min_side=None,
+    fn = ReadThenDecode(partial(preprocess, pre=clip.preprocessor, max_pixels=64_000_000, fast=False,
                                 gpu_jpegs=gpu_jpegs), read_workers=1)
     return fn([Item(id="x", uri="x.jpg", data=data)])[0]
 

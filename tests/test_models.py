@@ -33,7 +33,7 @@ COSINE = 0.9999
 EXACT_ATOL = 1e-5
 
 PNG_SIZES = [(96, 64), (64, 96), (TINY_IMAGE, TINY_IMAGE), (20, 50), (33, 200), (300, 41)]
-# Short side below 2 x the model's input size, so DCT downscaling (fast_decode) cannot apply.
+# Short side below 2 x the model's input size: DCT downscaling (fast_decode) leaves them whole.
 SMALL_JPEG_SIZES = [(60, 40), (40, 60), (50, 50), (33, 33), (63, 100)]
 LARGE_JPEG_SIZES = [(200, 150), (96, 64), (640, 480)]
 
@@ -107,7 +107,9 @@ def test_image_vectors_match_reference(tiny_model_spec, reference, tmp_path, fas
     want = dict(zip(names, reference.image_vectors([_open_rgb(folder / n) for n in names])))
     got = _pipeline_vectors(folder, tmp_path / "out", tiny_model_spec, "image_embedding",
                             fast_decode=fast_decode)
-    _assert_parity(got, want, EXACT_ATOL)
+    # The fast path resizes only the crop's part of the image: the same filter, but pixels a
+    # level or so apart, so only the cosine is promised there.
+    _assert_parity(got, want, None if fast_decode else EXACT_ATOL)
 
 
 def test_large_jpegs_exact_without_fast_decode_close_with_it(tiny_model_spec, reference, tmp_path):

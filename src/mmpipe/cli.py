@@ -124,8 +124,11 @@ def moderate(
                                        "by onnxruntime, cached, refused if its decisions at the "
                                        "policy's thresholds flip on more than 0.5% of a fixed "
                                        "evaluation set)."),
-    decode_workers: Optional[int] = typer.Option(None, help="Threads reading and decoding images, videos "
+    decode_workers: Optional[int] = typer.Option(None, help="Workers reading and decoding images, videos "
                                                  "and texts (default: one per usable core)."),
+    decode_processes: bool = typer.Option(True, help="Decode in worker processes, so that this process "
+                                          "only feeds the models (and a decoder crash costs one error "
+                                          "row); --no-decode-processes: threads in this process."),
     read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
     model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
     price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: "
@@ -151,7 +154,8 @@ def moderate(
     options = dict(input=input, out=out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
                  max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
                  judge_url=judge_url, nsfw_precision=nsfw_precision,
-                 batch_size=batch_size, decode_workers=decode_workers, read_workers=read_workers,
+                 batch_size=batch_size, decode_workers=decode_workers, decode_processes=decode_processes,
+                 read_workers=read_workers,
                  model_threads=model_threads, price_per_hour=price_per_hour, limit=limit, overwrite=overwrite,
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,

@@ -156,7 +156,7 @@ def add_files(path: str | Path, files: Iterable[str | Path], label: str | None =
             entries.append(BankEntry(id=hashlib.sha256(data).hexdigest()[:16], variant=variant,
                                      label=label, source=str(f), **hashes))
         if embedder is not None:
-            pixels.append(clip.preprocessor.image(image))
+            pixels.append(clip.preprocessor.image(image, exact=False))  # as moderation's frames
             if len(pixels) == CLIP_BATCH:  # a batch at a time: memory stays flat over many files
                 vectors.extend(embedder.embed_images(np.stack(pixels)))
                 pixels = []

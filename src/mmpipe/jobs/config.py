@@ -30,6 +30,9 @@ class JobConfig(BaseModel):
     input: str
     out: str
     decode_workers: int = Field(default_factory=usable_cores, ge=1, le=256)
+    # The decode workers as processes (local engine; see engine.child_process), so that this
+    # process only feeds the models; False: threads in this process.
+    decode_processes: bool = True
     read_workers: int = Field(8, ge=1, le=256)
     device: str = "cpu"
     limit: int | None = Field(None, ge=0)

@@ -37,15 +37,13 @@ class EmbedConfig(JobConfig):
     runtime: Runtime = "eager"
     # The accuracy gate: a variant whose vectors' mean cosine to eager fp32 is lower is refused.
     min_cosine: float = Field(0.99, ge=-1, le=1)
-    # JPEG DCT-domain downscaling while decoding (see decode_image); off for bit-exact preprocessing.
+    # JPEG DCT-domain downscaling while decoding, and resizing only the crop (see
+    # stages.clip_embedding.image_crop); off for bit-exact reference preprocessing.
     fast_decode: bool = True
     # Split the image tower into this many consecutive parts, one worker (device) each.
     pipeline_stages: int = Field(1, ge=1, le=64)
     # Model workers per device sharing one copy of the weights (see models.device_feed).
     model_replicas: int = Field(1, ge=1, le=16)
-    # The decode workers as processes writing into shared memory (local engine; see
-    # engine.child_process), so that this process only feeds the model; False: threads here.
-    decode_processes: bool = True
     # Where JPEGs are decoded: cuda is nvJPEG on the model's GPU (stages.gpu_images); auto picks
     # it when the model is on CUDA and a GPU JPEG decoder is installed.
     decode_device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -155,7 +153,7 @@ def gpu_decoding(cfg: EmbedConfig, clip: LoadedClip) -> GpuDecoding | None:
         return None
     pre = clip.preprocessor
     return GpuDecoding(backend, pre.resize_to, pre.crop,
-                       partial(crop_only, pre=pre, max_pixels=cfg.max_pixels, min_side=_min_side(cfg, clip)))
+                       partial(crop_only, pre=pre, max_pixels=cfg.max_pixels, fast=cfg.fast_decode))
 
 
 def checked_agreement(clip: LoadedClip, gpu: GpuDecoding, cfg: EmbedConfig, engine: Engine) -> dict:
@@ -193,12 +191,6 @@ def model_resources(cfg: EmbedConfig) -> Resources:
     return Resources(num_cpus=1, num_gpus=1 / cfg.model_replicas if cfg.device.startswith("cuda") else 0)
 
 
-def _min_side(cfg: EmbedConfig, clip: LoadedClip) -> int | None:
-    # Drafting only down to twice the model's input keeps the resize that follows nearly exact
-    # (worst cosine 0.9999 vs a full decode, against 0.998 when drafting to the input size).
-    return 2 * clip.preprocessor.resize_to if cfg.fast_decode else None
-
-
 def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine(),
                  gpu: GpuDecoding | None = None) -> list[Stage]:
     """Reading and decoding in worker processes (or threads), then the model. Decode batches
@@ -206,7 +198,7 @@ def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngin
     lies. With ``gpu``, JPEGs the GPU can take travel as bytes and are decoded there."""
     pre = clip.preprocessor
     return [
-        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, min_side=_min_side(cfg, clip),
+        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, fast=cfg.fast_decode,
                              gpu_jpegs=gpu is not None),
                      workers=cfg.decode_workers, read_workers=cfg.read_workers, batch_size=cfg.batch_size,
                      in_processes=cfg.decode_processes, shared=ArrayField("pixels", (3, pre.crop, pre.crop))),

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 from pydantic import Field, ValidationError
@@ -143,6 +144,12 @@ def load_policy_clip(cfg: ModerateConfig, policy: Policy):
     return load_clip(spec, cfg.device, "fp32", cfg.allow_pickle, device_here=cfg.engine == "local")
 
 
+def clip_input(frame: np.ndarray, pre) -> np.ndarray:
+    """A frame as the CLIP image tower's uint8 crop, made in the decode pool with the embed
+    job's fast resize (of the crop only)."""
+    return pre.image(Image.fromarray(frame), exact=False)
+
+
 def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[Stage]:
     """The stage list for ``policy``: a model runs only if a category needs it."""
     inputs = {}
@@ -152,12 +159,14 @@ def moderation_stages(policy: Policy, cfg: ModerateConfig, clip=None) -> list[St
 
         inputs["open_nsfw"] = nsfw_input
     if clip is not None:
-        inputs["clip"] = lambda frame: clip.preprocessor.image(Image.fromarray(frame))
+        inputs["clip"] = partial(clip_input, pre=clip.preprocessor)
     media = MediaOptions(fps=cfg.fps, max_frames=cfg.max_frames, max_side=cfg.max_side,
                          max_pixels=cfg.max_pixels, model_inputs=inputs)
     model = Resources(num_cpus=cfg.model_threads)
+    # Frames come back pickled (their sizes and counts vary), not through shared-memory slabs.
     stages = [decode_stage(partial(decode_media, opts=media), workers=cfg.decode_workers,
-                           read_workers=cfg.read_workers, batch_size=cfg.batch_size)]
+                           read_workers=cfg.read_workers, batch_size=cfg.batch_size,
+                           in_processes=cfg.decode_processes and cfg.engine == "local")]
     if nsfw:
         stages.append(Stage("open_nsfw", lambda: NsfwBatch(policy, cfg.model_threads, cfg.nsfw_precision),
                             batch_size=cfg.batch_size, resources=model))

@@ -53,19 +53,26 @@ class ClipPreprocessor:
     def __post_init__(self):
         object.__setattr__(self, "token_ids", TokenIds(self.tokenizer, self.max_tokens))
 
-    def image(self, img: Image.Image) -> np.ndarray:
+    def image(self, img: Image.Image, exact: bool = True) -> np.ndarray:
         """RGB image → (3, crop, crop) uint8, resized and cropped as CLIP's reference image
-        processor does it; ``PixelNormaliser`` does the rest where the model runs."""
+        processor does it; ``PixelNormaliser`` does the rest where the model runs.
+
+        ``exact=False`` resizes only the part of the image the crop keeps (Pillow's ``box``):
+        the same filter over the same pixels, less work, though not bit-exact (Pillow places
+        each output pixel from the box's edge: values differ by a level or a few)."""
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(self.resize_to * long / short)
         size = (self.resize_to, new_long) if w <= h else (new_long, self.resize_to)
+        top, left = max((size[1] - self.crop) // 2, 0), max((size[0] - self.crop) // 2, 0)
+        if not exact and size != img.size:
+            kept = (min(self.crop, size[0]), min(self.crop, size[1]))
+            sx, sy = w / size[0], h / size[1]
+            box = (left * sx, top * sy, (left + kept[0]) * sx, (top + kept[1]) * sy)
+            return np.ascontiguousarray(np.asarray(img.resize(kept, Image.BICUBIC, box=box)).transpose(2, 0, 1))
         if size != img.size:
             img = img.resize(size, Image.BICUBIC)
-        arr = np.asarray(img)
-        top = (arr.shape[0] - self.crop) // 2
-        left = (arr.shape[1] - self.crop) // 2
-        arr = arr[max(top, 0): max(top, 0) + self.crop, max(left, 0): max(left, 0) + self.crop]
+        arr = np.asarray(img)[top: top + self.crop, left: left + self.crop]
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     def text(self, text: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from .gpu_images import GpuDecoding
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int | None,
+def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, fast: bool,
                gpu_jpegs: bool = False) -> Decoded:
     """One item for the model: its image as a uint8 crop (or, with ``gpu_jpegs``, a JPEG the GPU
     can take left as bytes, its size read from the header) and its caption's token ids."""
@@ -31,25 +31,29 @@ def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, min_side: int
             size = (header.height, header.width) if header.orientation in _SIDEWAYS else (header.width, header.height)
             decoded.width, decoded.height = size
         else:
-            decoded.pixels, (decoded.width, decoded.height) = image_crop(item.data, pre, max_pixels, min_side)
+            decoded.pixels, (decoded.width, decoded.height) = image_crop(item.data, pre, max_pixels, fast)
     if item.text:
         decoded.tokens = pre.text(item.text)
     return decoded
 
 
 def image_crop(data: bytes, pre: ClipPreprocessor, max_pixels: int,
-               min_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+               fast: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """Image bytes → (the model's uint8 crop, the image's displayed size); ValueError if they
-    cannot be decoded."""
+    cannot be decoded.
+
+    ``fast``: a JPEG is decoded at the smallest DCT scale that keeps its short side at least the
+    model's input (a 640x480 photo at 320x240), and only the crop is resized; speed and
+    distance to the exact path by decoder are in docs/benchmarks.md ("JPEG decoders")."""
     try:
-        img, size = decode_image(data, max_pixels, min_side)
+        img, size = decode_image(data, max_pixels, pre.resize_to if fast else None)
     except DecodeError as exc:
         raise ValueError(str(exc)) from None
-    return pre.image(img), size
+    return pre.image(img, exact=not fast), size
 
 
-def crop_only(data: bytes, pre: ClipPreprocessor, max_pixels: int, min_side: int | None) -> np.ndarray:
-    return image_crop(data, pre, max_pixels, min_side)[0]
+def crop_only(data: bytes, pre: ClipPreprocessor, max_pixels: int, fast: bool) -> np.ndarray:
+    return image_crop(data, pre, max_pixels, fast)[0]
 
 
 class EmbedBatch:
