@@ -7,9 +7,12 @@ list of stages runs on the local engine, on Ray Data and inside the server.
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Sequence
+
+import numpy as np
 
 from .records import Record
 
@@ -31,6 +34,31 @@ class ArrayField:
     name: str
     shape: tuple[int, ...]
     dtype: str = "uint8"
+
+
+class RowSource:
+    """Rows of one array handed out in turn (a worker process's slab for the batch it works on)."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = rows
+        self.taken: list[np.ndarray] = []  # the views handed out, in order: row k is taken[k]
+
+    def take(self) -> np.ndarray | None:
+        if len(self.taken) == len(self.rows):
+            return None
+        self.taken.append(self.rows[len(self.taken)])
+        return self.taken[-1]
+
+
+ROWS: ContextVar[RowSource | None] = ContextVar("mmpipe_shared_rows", default=None)
+
+
+def shared_row() -> np.ndarray | None:
+    """Where a stage's function may write the ``Stage.shared`` array of the record it is making:
+    in a worker process, the next row of the batch's shared-memory slab, so that nothing is
+    copied on the way back; None anywhere else (make the array as usual)."""
+    source = ROWS.get()
+    return source.take() if source is not None else None
 
 
 @dataclass(frozen=True)

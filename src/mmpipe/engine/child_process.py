@@ -18,7 +18,7 @@ from collections import deque
 from typing import Sequence
 
 from ..records import Record
-from ..stage import ArrayField, Stage
+from ..stage import ROWS, ArrayField, RowSource, Stage
 from .slabs import Slab, SlabPool, SlabReader
 
 DEPTH = 2  # batches in a child at once: one it works on, one waiting in its inbox
@@ -103,9 +103,9 @@ class ChildProcess:
         records, placed = value
         if placed and slab is not None:
             # The records were made by unpickling just now: filling them in place is safe.
-            rows = self.slabs.rows_of(slab, len(placed))
+            rows = self.slabs.rows_of(slab, max(row for _, row in placed) + 1)
             name = self.slabs.field.name
-            for row, i in enumerate(placed):
+            for i, row in placed:
                 setattr(records[i], name, rows[row])
         else:
             self._drop(slab)
@@ -171,12 +171,16 @@ def _child_main(recipe: bytes, inbox, outbox, shared: tuple[ArrayField, int] | N
         while (message := waiting.get()) is not None:
             batch, slab = message
             start = time.perf_counter()
+            rows = RowSource(slabs.rows_of(slab)) if slab else None
+            token = ROWS.set(rows)
             try:
                 out = fn(batch)
             except Exception as exc:  # noqa: BLE001 - raised again in the parent
                 outbox.send(("raised", _portable(exc), time.perf_counter() - start))
                 continue
-            placed = _into_slab(out, slabs, slab) if slab else []
+            finally:
+                ROWS.reset(token)
+            placed = _into_slab(out, slabs, rows) if rows else []
             outbox.send(("done", (out, placed), time.perf_counter() - start))
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone (killed): nothing left to do
@@ -193,18 +197,22 @@ def _drain(inbox, waiting: queue.Queue) -> None:
             return
 
 
-def _into_slab(records: list[Record], slabs: SlabReader, name: str) -> list[int]:
-    """Move each record's shared array into the next row of the slab (records about to be
-    pickled away, so changed in place); the records it moved."""
-    rows = slabs.rows_of(name)
+def _into_slab(records: list[Record], slabs: SlabReader, rows: RowSource) -> list[tuple[int, int]]:
+    """(record, slab row) for each record whose shared array is in the slab: written there by the
+    stage (``shared_row``), or else copied into the next free row. The arrays are taken off the
+    records, which are about to be pickled away (so changed in place)."""
     field = slabs.field.name
+    written = {id(view): k for k, view in enumerate(rows.taken)}  # the rows handed out, by identity
     placed = []
     for i, r in enumerate(records):
         value = getattr(r, field, None)
-        if slabs.fits(value) and len(placed) < slabs.rows:
-            rows[len(placed)] = value
+        row = written.pop(id(value), None) if value is not None else None
+        if row is None and slabs.fits(value) and (free := rows.take()) is not None:
+            free[...] = value
+            row = len(rows.taken) - 1
+        if row is not None:
             setattr(r, field, None)
-            placed.append(i)
+            placed.append((i, row))
     return placed
 
 

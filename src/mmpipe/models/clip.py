@@ -53,13 +53,14 @@ class ClipPreprocessor:
     def __post_init__(self):
         object.__setattr__(self, "token_ids", TokenIds(self.tokenizer, self.max_tokens))
 
-    def image(self, img: Image.Image, exact: bool = True) -> np.ndarray:
+    def image(self, img: Image.Image, exact: bool = True, out: np.ndarray | None = None) -> np.ndarray:
         """RGB image → (3, crop, crop) uint8, resized and cropped as CLIP's reference image
         processor does it; ``PixelNormaliser`` does the rest where the model runs.
 
         ``exact=False`` resizes only the part of the image the crop keeps (Pillow's ``box``):
         the same filter over the same pixels, less work, though not bit-exact (Pillow places
-        each output pixel from the box's edge: values differ by a level or a few)."""
+        each output pixel from the box's edge: values differ by a level or a few). ``out``: a
+        (3, crop, crop) uint8 array to write the result into (a decode slab's row)."""
         w, h = img.size
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(self.resize_to * long / short)
@@ -69,11 +70,10 @@ class ClipPreprocessor:
             kept = (min(self.crop, size[0]), min(self.crop, size[1]))
             sx, sy = w / size[0], h / size[1]
             box = (left * sx, top * sy, (left + kept[0]) * sx, (top + kept[1]) * sy)
-            return np.ascontiguousarray(np.asarray(img.resize(kept, Image.BICUBIC, box=box)).transpose(2, 0, 1))
+            return _chw(np.asarray(img.resize(kept, Image.BICUBIC, box=box)), out)
         if size != img.size:
             img = img.resize(size, Image.BICUBIC)
-        arr = np.asarray(img)[top: top + self.crop, left: left + self.crop]
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+        return _chw(np.asarray(img)[top: top + self.crop, left: left + self.crop], out)
 
     def text(self, text: str) -> np.ndarray:
         return self.token_ids(text)
@@ -81,6 +81,15 @@ class ClipPreprocessor:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id or 0)
+
+
+def _chw(hwc: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """(H, W, 3) → a new (3, H, W) array, or into ``out`` when it has that shape."""
+    chw = hwc.transpose(2, 0, 1)
+    if out is None or out.shape != chw.shape:
+        return np.ascontiguousarray(chw)
+    np.copyto(out, chw)
+    return out
 
 
 class PixelNormaliser:

@@ -14,6 +14,7 @@ from ..decode.jpeg_header import gpu_decodable, read_jpeg_header
 from ..models import ClipPreprocessor
 from ..models.clip import LoadedClip
 from ..records import Decoded, Item, Scored, failed
+from ..stage import shared_row
 from .gpu_images import GpuDecoding
 
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -49,7 +50,7 @@ def image_crop(data: bytes, pre: ClipPreprocessor, max_pixels: int,
         img, size = decode_image(data, max_pixels, pre.resize_to if fast else None)
     except DecodeError as exc:
         raise ValueError(str(exc)) from None
-    return pre.image(img, exact=not fast), size
+    return pre.image(img, exact=not fast, out=shared_row()), size
 
 
 def crop_only(data: bytes, pre: ClipPreprocessor, max_pixels: int, fast: bool) -> np.ndarray:
