@@ -19,9 +19,10 @@ Then the peak RSS of ``mmpipe embed`` as a subprocess on N and on 10·N images (
     python benchmarks/embed_throughput.py            # N=500, batch 16 (many minutes on a laptop CPU)
     python benchmarks/embed_throughput.py --quick    # N=40, a smoke check
     python benchmarks/embed_throughput.py --runtime compile --skip-rss
-    python benchmarks/embed_throughput.py --device cuda --precision fp16 --batch-size 128 \
-        --decode-workers 12 --skip-rss --n 4000     # a GPU: also the GPU's busy share during (b)
-        # add --model-replicas 2 (two model threads on their own streams), --decode-processes
+    python benchmarks/embed_throughput.py --device cuda --precision fp16 --batch-size 256 \
+        --skip-rss --n 4000     # a GPU: also the GPU's busy share during (b); JPEGs decoded there
+        # add --decode-device cpu (decoded by the CPU's processes), --model-replicas 2 (two model
+        # threads on their own streams), --decode-threads (decoding in threads of the job's process)
 
 On a GPU every mode runs there at ``--precision`` ((a) too, still one image at a time), and (c)
 times forward passes over batches already on the GPU: the ceiling the job can approach.
@@ -64,10 +65,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N=40: a smoke check, not a measurement.")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu).")
     ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (GPU) for every mode.")
-    ap.add_argument("--decode-workers", type=int, default=2, help="(b)'s decode threads (default 2).")
+    ap.add_argument("--decode-workers", type=int, default=None,
+                    help="(b)'s decode workers (default: the job's, one per usable core).")
     ap.add_argument("--runtime", default="eager", help="(b)'s and (c)'s runtime: eager or compile.")
     ap.add_argument("--model-replicas", type=int, default=1, help="(b)'s model workers sharing the weights.")
-    ap.add_argument("--decode-processes", action="store_true", help="(b) decodes in processes, not threads.")
+    ap.add_argument("--decode-threads", action="store_true",
+                    help="(b) decodes in threads of its process, not in worker processes (the default).")
+    ap.add_argument("--decode-device", default="auto", help="(b)'s --decode-device: auto, cpu or cuda.")
     args = ap.parse_args()
     n = 40 if args.quick else args.n
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -100,16 +104,20 @@ def main() -> None:
 
     out = args.data / "out-throughput"
     t = time.perf_counter()
+    workers = {"decode_workers": args.decode_workers} if args.decode_workers else {}
     with GpuBusy(args.device if gpu else None) as busy:
         result = mmpipe.embed(str(folder), str(out), model=MODEL, batch_size=bs, overwrite=True,
                               progress=False, device=args.device, precision=args.precision,
-                              runtime=args.runtime, decode_workers=args.decode_workers,
-                              model_replicas=args.model_replicas, decode_processes=args.decode_processes)
+                              runtime=args.runtime, model_replicas=args.model_replicas,
+                              decode_processes=not args.decode_threads, decode_device=args.decode_device,
+                              **workers)
     whole = time.perf_counter() - t
     assert (result.ok, result.errors) == (n, 0), (result.ok, result.errors, result.top_errors)
     b_rate = n / result.stats.wall_s
+    decode = result.manifest["decode"]
     options = (f", {args.model_replicas} replicas" if args.model_replicas > 1 else "") + (
-        ", decode in processes" if args.decode_processes else "")
+        ", decode threads" if args.decode_threads else "") + (
+        ", JPEGs decoded on the GPU" if decode["device"] == "cuda" else "")
     rows.append((f"(b) mmpipe.embed, batch {bs}{options}, job without model setup", b_rate, result.stats.wall_s))
     rows.append((f"    mmpipe.embed, whole call with {result.stats.setup_s:.1f} s model setup",
                  n / whole, whole))
@@ -130,7 +138,10 @@ def main() -> None:
     print(f"{'mode':<68} {'items/s':>8} {'seconds':>8}")
     for name, rate, seconds in rows:
         print(f"{name:<68} {rate:>8.2f} {seconds:>8.1f}")
-    print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share {result.stats.busy_summary()}")
+    print(f"(b) bottleneck stage: {result.stats.bottleneck}; busy share {result.stats.busy_summary()}; "
+          f"the feeding process's CPU {result.stats.cpu_ms_per_item:.3f} ms/item")
+    if "agreement" in decode:
+        print(f"(b) GPU decoding against CPU decoding on the evaluation set: {decode['agreement']}")
     if gpu:
         print(f"(b) GPU busy {busy.mean():.0f} % over the whole call, setup included (NVML utilisation, "
               "sampled every 50 ms)")
