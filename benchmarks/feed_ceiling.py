@@ -30,7 +30,6 @@ import platform
 import shutil
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 
 import mmpipe

@@ -45,7 +45,7 @@ def start_method() -> multiprocessing.context.BaseContext:
 
 
 class ChildDied(RuntimeError):
-    pass
+    """The worker process ended (crashed, killed) with a batch in it; it has been replaced."""
 
 
 class ChildProcess:
@@ -122,10 +122,8 @@ class ChildProcess:
         while self.sent:
             try:
                 self.receive()
-            except ChildDied:
-                self.sent.clear()
-            except Exception:  # noqa: BLE001 - a dropped batch's failure is nobody's
-                pass
+            except Exception:  # noqa: BLE001 - a dropped batch's failure is nobody's; a death
+                pass  # empties ``sent`` itself
 
     def _receive(self):
         try:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from ..records import Record, failed
 from ..stage import BatchFn, Resources, Stage
-from .child_process import DEPTH, ChildDied, ChildProcess, shipped_setup
+from .child_process import DEPTH, ChildProcess, shipped_setup
 from .slabs import SlabPool
 from .stats import EngineStats, StageStats
 

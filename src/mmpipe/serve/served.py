@@ -8,11 +8,6 @@ from typing import Callable, Sequence
 from ..engine.local import run_in_turn
 from ..stage import Stage
 
-# Stages that work on one request's items (reading, decoding): they run in the request's own
-# thread, in parallel across requests; the rest run batched across requests in the replicas.
-PER_REQUEST = ("read", "decode")
-
-
 @dataclass(frozen=True)
 class ServedModel:
     name: str
@@ -22,8 +17,10 @@ class ServedModel:
 
 def served_model(name: str, stages: Sequence[Stage]) -> ServedModel:
     """Every stage set up once: replicas share these functions, so the weights are in memory
-    once however many replicas serve them."""
-    prepare = [(s.name, s.setup()) for s in stages if s.name in PER_REQUEST]
-    predict = [(s.name, s.setup()) for s in stages if s.name not in PER_REQUEST]
+    once however many replicas serve them. The stateless stages (reading, decoding) work on one
+    request's items, in the request's own thread, in parallel across requests; the rest run
+    batched across requests in the replicas."""
+    prepare = [(s.name, s.setup()) for s in stages if s.stateless]
+    predict = [(s.name, s.setup()) for s in stages if not s.stateless]
     return ServedModel(name, lambda batch: run_in_turn(prepare, list(batch)),
                        lambda batch: run_in_turn(predict, list(batch)))
