@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .image import short_side_to
+
 BACKENDS = ("torchvision", "nvimgcodec")
 
 
@@ -120,9 +122,7 @@ class DeviceCrops:
         return out
 
     def _resize(self, batch, h: int, w: int):
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(self.resize_to * long / short)
-        size = (new_long, self.resize_to) if w <= h else (self.resize_to, new_long)  # (H, W)
+        size = short_side_to((w, h), self.resize_to)[::-1]  # (H, W)
         if size != (h, w):
             batch = self.torch.nn.functional.interpolate(batch, size=size, mode="bicubic",
                                                          antialias=True, align_corners=False)

@@ -18,7 +18,7 @@ from pi_heif import register_heif_opener
 DEFAULT_MAX_PIXELS = 64_000_000
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _ORIENTATION = 0x0112
-_TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+TRANSPOSING = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 # Our own cap is checked first; PIL's bomb check is turned off so that it cannot disagree.
 Image.MAX_IMAGE_PIXELS = None
@@ -54,7 +54,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
             if min_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
                 img.draft(img.mode, _draft_target(size, min_side))
             img.load()
-            if img.getexif().get(_ORIENTATION, 1) in _TRANSPOSING:
+            if img.getexif().get(_ORIENTATION, 1) in TRANSPOSING:
                 size = (size[1], size[0])  # report the size as displayed, after EXIF rotation
             img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
@@ -67,6 +67,14 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
         # limits); strip(): libheif's messages end in a newline
         raise DecodeError(f"corrupt image: {str(exc).strip()}") from None
     return rgb, size
+
+
+def short_side_to(size: tuple[int, int], short: int) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` resized so that its short side is ``short``, the
+    long side rounded down (CLIP's geometry, wherever the resize runs)."""
+    w, h = size
+    new_long = int(short * max(w, h) / min(w, h))
+    return (short, new_long) if w <= h else (new_long, short)
 
 
 def _draft_target(size: tuple[int, int], min_side: int) -> tuple[int, int]:

@@ -45,7 +45,11 @@ class JpegHeader:
 
 def gpu_decodable(data: bytes, max_pixels: int) -> bool:
     """Whether nvJPEG can take ``data``; False sends it to the CPU path."""
-    h = read_jpeg_header(data)
+    return nvjpeg_takes(read_jpeg_header(data), max_pixels)
+
+
+def nvjpeg_takes(h: JpegHeader | None, max_pixels: int) -> bool:
+    """``gpu_decodable`` for a header already read."""
     return (h is not None and h.process in (0, 1) and h.precision == 8
             and h.width > 0 and h.height > 0 and h.width * h.height <= max_pixels
             and (h.components == 1 or (h.components == 3 and _ycbcr(h))))

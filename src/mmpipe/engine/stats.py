@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 
+def usd_per_million(price_per_hour: float, items_per_s: float) -> float:
+    """What a million items cost at ``items_per_s`` on a machine of ``price_per_hour`` USD."""
+    return round(price_per_hour / 3600 / items_per_s * 1e6, 6)
+
+
 @dataclass
 class StageStats:
     name: str

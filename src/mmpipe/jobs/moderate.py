@@ -75,7 +75,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     )
     result = run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                      overwrite=cfg.overwrite, progress=progress, engine=engine,
-                   price_per_hour=cfg.price_per_hour)
+                     price_per_hour=cfg.price_per_hour)
     write_reports(result, policy)
     return result
 

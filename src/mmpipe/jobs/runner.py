@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from ..engine import Engine, EngineStats, LocalEngine
+from ..engine.stats import usd_per_million
 from ..records import Item, Record
 from ..sinks import OutputDir, ParquetShardSink
 from ..sinks.output_dir import MANIFEST, STATS
@@ -91,9 +92,9 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
 def run_cost(stats: EngineStats, price_per_hour: float) -> dict:
     """What the run's items cost at ``price_per_hour``: the whole run's time (model setup
     included, as the machine is paid for it) per million items."""
-    hours = (stats.setup_s + stats.wall_s) / 3600
+    items_per_s = stats.items / (stats.setup_s + stats.wall_s)
     return {"price_per_hour": price_per_hour,
-            "usd_per_million_items": round(price_per_hour * hours / stats.items * 1e6, 6)}
+            "usd_per_million_items": usd_per_million(price_per_hour, items_per_s)}
 
 
 def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: Counter,

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..decode.image import short_side_to
 from ..errors import ConfigError
 from .byte_tokenizer import byte_tokenizer
 from .checkpoint import TokenIds, read_checkpoint
@@ -62,9 +63,7 @@ class ClipPreprocessor:
         each output pixel from the box's edge: values differ by a level or a few). ``out``: a
         (3, crop, crop) uint8 array to write the result into (a decode slab's row)."""
         w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(self.resize_to * long / short)
-        size = (self.resize_to, new_long) if w <= h else (new_long, self.resize_to)
+        size = short_side_to(img.size, self.resize_to)
         top, left = max((size[1] - self.crop) // 2, 0), max((size[0] - self.crop) // 2, 0)
         if not exact and size != img.size:
             kept = (min(self.crop, size[0]), min(self.crop, size[1]))

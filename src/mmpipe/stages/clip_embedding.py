@@ -10,15 +10,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..decode import DecodeError, decode_image
-from ..decode.jpeg_header import gpu_decodable, read_jpeg_header
+from ..decode.image import TRANSPOSING
+from ..decode.jpeg_header import nvjpeg_takes, read_jpeg_header
 from ..models import ClipPreprocessor
 from ..models.clip import LoadedClip
 from ..records import Decoded, Item, Scored, failed
 from ..stage import shared_row
 from .gpu_images import GpuDecoding
-
-_SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
 
 def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, fast: bool,
                gpu_jpegs: bool = False) -> Decoded:
@@ -26,10 +24,10 @@ def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, fast: bool,
     can take left as bytes, its size read from the header) and its caption's token ids."""
     decoded = Decoded(id=item.id, uri=item.uri, text=item.text)
     if item.data is not None:
-        if gpu_jpegs and gpu_decodable(item.data, max_pixels):
-            header = read_jpeg_header(item.data)
+        header = read_jpeg_header(item.data) if gpu_jpegs else None
+        if nvjpeg_takes(header, max_pixels):
             decoded.encoded = item.data
-            size = (header.height, header.width) if header.orientation in _SIDEWAYS else (header.width, header.height)
+            size = (header.height, header.width) if header.orientation in TRANSPOSING else (header.width, header.height)
             decoded.width, decoded.height = size
         else:
             decoded.pixels, (decoded.width, decoded.height) = image_crop(item.data, pre, max_pixels, fast)

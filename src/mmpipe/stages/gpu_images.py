@@ -11,7 +11,6 @@ the CPU path's on the package's evaluation set.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..decode.gpu import DeviceCrops, NvJpeg, upright
 from ..decode.jpeg_header import read_jpeg_header
+from .media import jpeg
 
 MIN_AGREEMENT = 0.999  # mean cosine to the CPU path's vectors below which GPU decoding is refused
 
@@ -85,11 +85,7 @@ def agreement(images: GpuImages, embed: Callable[[object], np.ndarray]) -> dict:
     quality 90) decoded on the GPU and on the CPU (``images.spec.cpu``), by ``embed``."""
     from ..tune.eval_set import evaluation_images
 
-    jpegs = []
-    for img in evaluation_images():
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        jpegs.append(buf.getvalue())
+    jpegs = [jpeg(np.asarray(img), quality=90) for img in evaluation_images()]
     on_gpu, errors = images(jpegs)
     if any(errors):
         raise RuntimeError(f"the GPU decoder failed an evaluation image: {next(e for e in errors if e)}")

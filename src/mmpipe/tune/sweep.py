@@ -17,6 +17,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..engine.stats import usd_per_million
 from ..errors import ConfigError
 
 GAIN = 0.05  # a larger batch must beat the last one by this much, or the growth stops
@@ -118,7 +119,7 @@ def sweep(task: Task, budget_s: float, on_trial: Callable[[Trial], None] = lambd
             m = task.measure(config)
         except Exception as exc:  # noqa: BLE001 - one broken configuration is a row, not the end
             return record(Trial(config, "error", f"{type(exc).__name__}: {exc}", accuracy=accuracy))
-        cost = usd_per_million(m.items_per_s, price_per_hour) if price_per_hour else None
+        cost = usd_per_million(price_per_hour, m.items_per_s) if price_per_hour else None
         return record(Trial(config, "ok", None, m.items_per_s, m.p50_ms, m.p99_ms, m.peak_mib, accuracy, cost))
 
     for variant in task.variants:
@@ -171,10 +172,6 @@ def _improves(new: Trial, old: Trial) -> bool:
         return True
     return (new.items_per_s >= old.items_per_s * (1 - GAIN) and new.p99_ms is not None
             and old.p99_ms is not None and new.p99_ms < old.p99_ms * (1 - GAIN))
-
-
-def usd_per_million(items_per_s: float, price_per_hour: float) -> float:
-    return round(price_per_hour / 3600 / items_per_s * 1e6, 6)
 
 
 def best(trials: list[Trial], by_cost: bool = False) -> Trial | None:
