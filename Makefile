@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install dev bench clean
+.PHONY: demo test test-fast install dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamp files re-run the install whenever pyproject.toml or the constraints change.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[samples]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -26,6 +26,10 @@ demo: install
 
 test: dev
 	$(BIN)/python -m pytest -q
+
+# The edit-run loop: everything but the slow, Ray, end-to-end and GPU tests.
+test-fast: dev
+	$(BIN)/python -m pytest -q -m 'not slow and not ray and not e2e and not gpu'
 
 bench: dev  # the engines benchmark needs the ray extra
 	$(BIN)/python benchmarks/embed_throughput.py

@@ -12,10 +12,14 @@ from typer._click.core import ParameterSource
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
 from .errors import MmpipeError
+from .extras import missing_extra, require
 from .jobs.config import with_config_file
 from .models.spec import DEFAULT_CLIP
 from .models.variants import PRECISION_HELP, RUNTIME_HELP
 from .jobs.runner import JobResult
+
+# What each task of `mmpipe tune` runs needs, beyond the tune extra.
+TUNE_EXTRAS = {"moderate": ("moderate",), "serve": ("serve",)}
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multimodal inference at scale: embed and moderate images and text.")
@@ -149,6 +153,7 @@ def moderate(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Moderate images, videos and texts with a policy: scores, allow/review/block, report."""
+    require("mmpipe moderate", "moderate")
     from .jobs.moderate import ModerateConfig, moderate as run
 
     options = dict(input=input, out=out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
@@ -185,6 +190,7 @@ def serve(
 ) -> None:
     """Serve /v1/moderations and /v1/embeddings (OpenAI schema), and /v1/search, with the batch
     jobs' models."""
+    require("mmpipe serve", "serve")
     import uvicorn
 
     from .serve.app import create_app
@@ -221,6 +227,7 @@ def loadtest(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Open-loop load test of a server: Poisson arrivals at fixed rates; throughput, latency, errors."""
+    require("mmpipe loadtest", "serve")
     from . import loadtest as lt
 
     rates = lt.parse_rates(sweep) if sweep is not None else [rate]
@@ -252,6 +259,7 @@ def tune(
 ) -> None:
     """Sweep batch size, precision/runtime, workers, threads and replicas; write tune.json/csv, a
     Pareto plot and best.yaml (for embed/moderate/serve --config)."""
+    require("mmpipe tune", "tune", *TUNE_EXTRAS.get(task, ()))
     from .tune.run import tune as run
 
     result = run(model, task, budget_minutes=budget_minutes, out=out, items=items, device=device,
@@ -268,6 +276,7 @@ def route(
     port: Optional[int] = typer.Option(None, help="Port (default: 8080)."),
 ) -> None:
     """Route OpenAI-style requests over several mmpipe servers: preferred first, spill when busy, fail over."""
+    require("mmpipe route", "serve")
     import uvicorn
 
     from .serve.route_config import load_route_config
@@ -291,6 +300,7 @@ def demo(
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Make a sample set (photos, text images, videos, comments), moderate it, embed the photos."""
+    require("mmpipe demo", "moderate", "samples")
     from .demo import describe_output, run_demo
 
     result = run_demo(out, n=n, model=model, progress=progress, overwrite=overwrite,
@@ -325,6 +335,7 @@ def index(
 ) -> None:
     """Index embedding shards into a LanceDB table for 'mmpipe search'. Re-running adds only new
     shards (and replaces rewritten ones)."""
+    require("mmpipe index", "search")
     from rich.progress import Progress
 
     from .search import build_index
@@ -359,6 +370,7 @@ def search(
     allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights; they can run code."),
 ) -> None:
     """Search an index by text (text→image) or by an example image (image→image)."""
+    require("mmpipe search", "search")
     import json
     from dataclasses import asdict
     from pathlib import Path
@@ -409,6 +421,7 @@ def bank_add(
                                              "this checkpoint, for hash: clip categories (one model a bank)."),
 ) -> None:
     """Hash image files (PDQ and pHash) into a bank; adding a file again replaces its entry."""
+    require("mmpipe bank add", "moderate")
     from .bank import add_files
 
     clip = None
@@ -426,6 +439,7 @@ def bank_import(
                                              "(16), optional id, label, source."),
 ) -> None:
     """Import shared hashes (e.g. PDQ hex from ThreatExchange) into a bank."""
+    require("mmpipe bank import", "moderate")
     from .bank import import_csv
 
     print_bank(import_csv(bank, csv_file))
@@ -434,6 +448,7 @@ def bank_import(
 @bank_app.command("info")
 def bank_info(bank: str = typer.Argument(..., help="Bank folder.")) -> None:
     """How many entries, hashes and labels a bank holds."""
+    require("mmpipe bank info", "moderate")
     from .bank import open_bank
 
     print_bank(open_bank(bank))
@@ -497,6 +512,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except MmpipeError as exc:
         err.print(f"mmpipe: error: {exc}", markup=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:  # an extra's module reached by a path no check foresaw
+        args = sys.argv[1:] if argv is None else argv
+        missing = missing_extra(exc, " ".join(["mmpipe", *[a for a in args if not a.startswith("-")][:1]]))
+        if missing is None:
+            raise
+        err.print(f"mmpipe: error: {missing}", markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("mmpipe: interrupted; re-run the same command to resume")
