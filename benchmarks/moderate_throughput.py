@@ -29,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 import mmpipe
-from mmpipe.decode import sample_frames, sniff_media_type
+from mmpipe.decode import sniff_media_type
+from mmpipe.decode.video import sample_frames
 from mmpipe.sample_moderation import make_moderation_samples
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from mmpipe.decode import DecodeError, decode_text, sample_frames, sniff_media_type
+from mmpipe.decode import DecodeError, decode_text, sniff_media_type
+from mmpipe.decode.video import sample_frames
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255),
            (255, 255, 255), (40, 40, 40)]

@@ -29,8 +29,8 @@ class MissingExtra(MmpipeError):
     def __init__(self, what: str, extras: list[str]):
         self.extras = extras
         line = f"pip install 'mmpipe[{','.join(extras)}]'"
-        super().__init__(f"{what} needs mmpipe's {', '.join(extras)} extra{'s' * (len(extras) > 1)}, "
-                         f"which is not installed: {line}")
+        which = f"{extras[0]} extra, which is" if len(extras) == 1 else f"{', '.join(extras)} extras, which are"
+        super().__init__(f"{what} needs mmpipe's {which} not installed: {line}")
 
 
 def missing(*extras: str) -> list[str]:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import fsspec
-
 from ..errors import ConfigError
 from ..records import Item
 from .files import iter_directory, iter_glob, is_glob
 from .manifest import MANIFEST_SUFFIXES, iter_manifest
-from .options import SourceOptions
+from .options import SourceOptions, filesystem
 from .tar import iter_tars
 
 __all__ = ["SourceOptions", "open_source"]
@@ -22,7 +20,7 @@ __all__ = ["SourceOptions", "open_source"]
 
 def open_source(input: str, options: SourceOptions) -> Iterator[Item]:
     """Items of ``input``; raises ConfigError (naming INPUT) when it cannot be listed at all."""
-    fs, path = fsspec.core.url_to_fs(input, **options.storage_options)
+    fs, path = filesystem(input, options.storage_options)
     lowered = path.lower()
     if is_glob(path):
         matches = sorted(fs.glob(path))

@@ -13,12 +13,11 @@ import json
 import posixpath
 from typing import Any, Iterator
 
-import fsspec
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 from ..records import Item
-from .options import ReadFile, ReadUrl, SourceOptions, cut_text
+from .options import ReadFile, ReadUrl, SourceOptions, cut_text, filesystem
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
@@ -127,7 +126,7 @@ def _locate(location: str, fs, base: str, options: SourceOptions):
     if scheme in ("http", "https", "file"):
         return location, ReadUrl(location, options.allow_private_urls, options.max_bytes)
     if scheme:
-        other_fs, path = fsspec.core.url_to_fs(location, **options.storage_options)
+        other_fs, path = filesystem(location, options.storage_options)
     else:
         other_fs = fs
         # Object stores have no "..": resolve it here, as a local filesystem would.

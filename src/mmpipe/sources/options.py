@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
+from ..extras import MissingExtra
 from ..net import fetch_url
 from ..records import Item
 
@@ -14,6 +16,19 @@ MAX_TEXT_CHARS = 10_000
 
 
 MEDIA_KINDS = frozenset({"image", "video", "text"})
+
+
+def filesystem(url: str, storage_options: dict, field: str = "INPUT"):
+    """(fsspec filesystem, path) of ``url``; a protocol whose package is not installed is one
+    line saying what to install (s3:// is mmpipe's s3 extra)."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        if url.lower().startswith(("s3://", "s3a://")):
+            raise MissingExtra(f"reading {url}", ["s3"]) from None
+        raise ConfigError(field, f"{url}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..decode import DecodeError, decode_image, decode_text, sample_frames, sniff_media_type
+from ..decode import DecodeError, decode_image, decode_text, sniff_media_type
 from ..decode.image import DEFAULT_MAX_PIXELS
 from ..records import Decoded, Item
 
@@ -48,6 +48,8 @@ def decode_media(item: Item, opts: MediaOptions) -> Decoded:
                                                                 min_side=opts.max_side)
             decoded.frames, decoded.timestamps = [_fit(img, opts.max_side)], [0.0]
         elif kind == "video":
+            from ..decode.video import sample_frames  # PyAV, of the moderate extra
+
             video = sample_frames(item.data, fps=opts.fps, max_frames=opts.max_frames,
                                   max_side=opts.max_side, max_pixels=opts.max_pixels)
             decoded.frames, decoded.timestamps = video.frames, video.timestamps
