@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mmpipe.errors import ConfigError
-from mmpipe.policy import (Decision, WordMatcher, aggregate, apply_verdict, decide, load_policy,
-                           normalise, uncertain)
+from mmpipe.policy import Decision, WordMatcher, aggregate, apply_verdict, decide, normalise, uncertain
+from mmpipe.stages.checks import load_moderation_policy as load_policy
 
 GOOD = """
 version: 1
@@ -44,7 +44,7 @@ def test_default_policy_loads_with_openai_names():
 def test_a_good_policy_loads(tmp_path):
     policy = load_policy(write(tmp_path, GOOD))
     assert [c.source for c in policy.categories] == ["open_nsfw", "profanity", "words", "clip"]
-    assert policy.words_of(policy.categories[2]) == ["moron", "idiot", "stupid"]
+    assert policy.categories[2].words_in(policy) == ["moron", "idiot", "stupid"]
     assert policy.model_dump(mode="json")["categories"][3]["prompts"]["negative"] == ["a landscape"]
 
 
