@@ -50,9 +50,7 @@ def _rewritten(errors: list[dict], source) -> tuple[list[InitErrorDetails], dict
     out, foreign = [], {}
     for e in errors:
         loc = e["loc"][1:] if e["loc"] and e["loc"][0] == source else e["loc"]
-        owner = next((s for s in SOURCES if loc and loc[-1] in s.schema.model_fields
-                      and loc[-1] not in _COMMON), None)
-        if e["type"] == "extra_forbidden" and len(loc) == 1 and owner is not None:
+        if e["type"] == "extra_forbidden" and len(loc) == 1 and (owner := _owner(loc[0])):
             foreign.setdefault(owner, []).append(loc[0])
         elif e["type"] == "union_tag_not_found":
             out.append(InitErrorDetails(type="missing", loc=("source",), input=e["input"]))
@@ -64,6 +62,11 @@ def _rewritten(errors: list[dict], source) -> tuple[list[InitErrorDetails], dict
             out.append(InitErrorDetails(type=e["type"], loc=loc, input=e["input"], **(
                 {"ctx": e["ctx"]} if "ctx" in e else {})))
     return out, foreign
+
+
+def _owner(field: str) -> Source | None:
+    """The source whose categories have ``field`` (not one that every category has)."""
+    return next((s for s in SOURCES if field in s.schema.model_fields and field not in _COMMON), None)
 
 
 Category = Annotated[Union[tuple(s.schema for s in SOURCES)], Field(discriminator="source"),
