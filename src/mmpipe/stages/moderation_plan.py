@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from pydantic import ValidationError
+
 from ..errors import ConfigError
 from ..stage import Resources, Stage
 from .checks import SOURCES, ModerationOptions, ModerationPolicy, categories_of, load_moderation_policy
@@ -18,8 +20,6 @@ def effective_policy(path: str | None, escalate: bool | None = None,
                      judge_url: str | None = None) -> ModerationPolicy:
     """The policy file with the command line's escalation flags applied (a judge URL alone turns
     escalation on), validated again so a bad --judge-url stops the job before it starts."""
-    from pydantic import ValidationError
-
     policy = load_moderation_policy(path)
     changes = {}
     if judge_url:
@@ -70,8 +70,9 @@ def moderation_stages(policy: ModerationPolicy, opts: ModerationOptions, clip=No
                            read_workers=opts.read_workers, batch_size=opts.batch_size,
                            in_processes=opts.decode_processes and opts.engine_local)]
     texts = [s for s in SOURCES if s.text_scorer is not None]
+    first_text = texts[0] if texts else None
     for source in SOURCES:
-        if source is texts[0]:
+        if source is first_text:
             stages += _text_stages(policy, opts, texts)
         elif source.stage is not None and (stage := source.stage(policy, opts, clip)) is not None:
             stages.append(stage)
