@@ -71,7 +71,8 @@ def test_a_failed_batch_leaves_every_record_ready_for_its_retry(policy, decoded)
         nsfw([decoded[0], broken])
     alone = nsfw([decoded[0]])[0]  # what an engine does next: the items one by one
     assert alone.moderation.frame_scores["sexual"].shape == (1,)
-    assert nsfw(decoded[:1])[0].moderation.frame_scores["sexual"][0] == alone.moderation.frame_scores["sexual"][0]
+    together = nsfw(decoded[:1])[0].moderation.frame_scores["sexual"]
+    np.testing.assert_array_equal(together, alone.moderation.frame_scores["sexual"])
 
 
 def test_text_and_decision_stages_do_not_change_what_they_get(policy, decoded):

@@ -122,8 +122,8 @@ class BankBatch:
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         # Every record comes back without the CLIP vectors, which only this stage reads.
-        return [self.match(r) if has_frames(r) else with_moderation(r, r.moderation.with_changes(vectors=None))
-                for r in batch]
+        return [self.match(r) if has_frames(r)
+                else with_moderation(r, r.moderation.with_changes(vectors=None)) for r in batch]
 
     def match(self, r: Decoded) -> Decoded:
         m = r.moderation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal, Sequence
 
+import numpy as np
 from pydantic import ConfigDict
 
 from ...policy import Category, Policy
@@ -31,7 +32,10 @@ class NsfwBatch:
         self.names = [c.name for c in categories_of(policy, "open_nsfw")]
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
-        return score_frames(batch, "open_nsfw", lambda x: (dict.fromkeys(self.names, self.scorer.score(x)), None))
+        return score_frames(batch, "open_nsfw", self.score)
+
+    def score(self, pixels: np.ndarray) -> tuple[dict[str, np.ndarray], None]:
+        return dict.fromkeys(self.names, self.scorer.score(pixels)), None
 
 
 def nsfw_stage(policy: Policy, opts: ModerationOptions, clip) -> Stage | None:
