@@ -271,7 +271,7 @@ def _clip_policy(path: Path, bank: Path, extra: str = "") -> Path:
     ("    min_similarity: 1.5\n", "less than or equal to 1"),
 ])
 def test_clip_category_misuse_is_a_policy_error(tmp_path, clip_bank, extra, error):
-    from mmpipe.policy import load_policy
+    from mmpipe.stages.checks import load_moderation_policy as load_policy
 
     with pytest.raises(Exception, match=error):
         load_policy(str(_clip_policy(tmp_path / "p.yaml", clip_bank, extra)))

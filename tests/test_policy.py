@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mmpipe.errors import ConfigError
-from mmpipe.policy import (Decision, WordMatcher, aggregate, apply_verdict, decide, load_policy,
-                           normalise, uncertain)
+from mmpipe.policy import Decision, WordMatcher, aggregate, apply_verdict, decide, normalise, uncertain
+from mmpipe.stages.checks import load_moderation_policy as load_policy
 
 GOOD = """
 version: 1
@@ -41,10 +41,20 @@ def test_default_policy_loads_with_openai_names():
     assert not policy.escalation.enabled
 
 
+def test_the_policy_package_reads_common_fields_without_the_sources(tmp_path):
+    from mmpipe import policy
+
+    common = policy.load_policy(write(tmp_path, GOOD))  # what needs only names and thresholds
+    assert [type(c) for c in common.categories] == [policy.Category] * 4
+    assert common.thresholds("open_nsfw") == [0.4, 0.8]
+    with pytest.raises(ConfigError, match=r"categories\[1\]: block \(0.9\) must be >= review \(0.95\)"):
+        policy.load_policy(write(tmp_path, GOOD.replace("review: 0.6, block: 0.9", "review: 0.95, block: 0.9")))
+
+
 def test_a_good_policy_loads(tmp_path):
     policy = load_policy(write(tmp_path, GOOD))
     assert [c.source for c in policy.categories] == ["open_nsfw", "profanity", "words", "clip"]
-    assert policy.words_of(policy.categories[2]) == ["moron", "idiot", "stupid"]
+    assert policy.categories[2].words_in(policy) == ["moron", "idiot", "stupid"]
     assert policy.model_dump(mode="json")["categories"][3]["prompts"]["negative"] == ["a landscape"]
 
 
@@ -59,6 +69,21 @@ def test_a_good_policy_loads(tmp_path):
     (("name: insults", "name: Insults"), "categories[2].name", "lowercase"),
     (("method: max", "method: median"), "aggregation.method", "max"),
     (("categories: [harassment]", "categories: [spam]"), "escalation.categories", "no category 'spam'"),
+    # A field of another source names the source it belongs to; the common fields come first.
+    (("source: profanity, media", "source: profanity, prompts: {positive: [a], negative: [b]}, media"),
+     "categories[1]", "prompts only apply to source 'clip', not 'profanity'"),
+    (("source: open_nsfw, media", "source: open_nsfw, patterns: [x], media"), "categories[0]",
+     "words/word_lists/patterns only apply to source 'words', not 'open_nsfw'"),
+    (("source: open_nsfw, media", "source: open_nsfw, max_distance: 3, bank: b, media"), "categories[0]",
+     "bank, max_distance only apply to source 'bank', not 'open_nsfw'"),
+    (("source: open_nsfw, media: [image, video], review: 0.4",
+      "source: open_nsfw, bank: b, media: [image, video], review: 0.9"), "categories[0]",
+     "block (0.8) must be >= review (0.9)"),
+    (("source: open_nsfw", "source: nudity"), "categories[0].source",
+     "Input should be 'open_nsfw', 'profanity', 'words', 'clip' or 'bank'"),
+    (("source: open_nsfw, ", ""), "categories[0].source", "Field required"),
+    (("    source: clip\n", "    source: clip\n    temperature: 0\n"), "categories[3].temperature",
+     "greater than 0"),
 ])
 def test_bad_policies_name_file_field_and_reason(tmp_path, change, field, reason):
     old, new = change

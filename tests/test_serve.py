@@ -112,6 +112,24 @@ def test_bodies_over_the_cap_are_413(server):
     assert code == 413 and "limit" in answer["error"]["message"]
 
 
+def test_padded_batches_reuse_a_record_and_answer_as_unpadded(server):
+    """Shape buckets pad a batch with its last item again (stages never change their inputs)."""
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=4, max_wait_ms=0,
+                                                                    buckets=[4]))))
+    try:
+        image = {"input": [{"type": "image_url", "image_url": {"url": data_url("you are a stupid idiot")}}]}
+        texts = {"input": ["you are a stupid idiot", "have a lovely day", "I want to kill myself"]}
+        for request in (texts, image):
+            code, _, padded = s.post("/v1/moderations", request)
+            assert code == 200
+            assert padded["results"] == server.post("/v1/moderations", request)[2]["results"]
+        metrics = s.get_text("/metrics")[1]
+        assert float(metrics.split('mmpipe_padded_items_total{model="mmpipe-moderation"} ')[1].split()[0]) == 1 + 3
+        assert padded["results"][0]["categories"]["harassment"]
+    finally:
+        s.stop()
+
+
 def test_overload_is_429_with_retry_after_then_recovers():
     s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=1, max_wait_ms=0, max_queue=2))))
     try:

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .moderation_records import Moderation
+
 
 @dataclass
 class Item:
@@ -44,12 +46,9 @@ class Decoded:
     width: int | None = None
     height: int | None = None
     error: str | None = None
-    # Moderation: what the item is, its sampled frames (an image is one frame at t=0) and what
-    # each model stage has found so far, accumulated as the record passes through them.
-    media_type: str | None = None  # "image" | "video" | "text"
-    frames: list[np.ndarray] | None = None  # RGB uint8 (H, W, 3)
-    timestamps: list[float] | None = None  # seconds, one per frame
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Moderation: what the item is, its frames and what the model stages found in them.
+    moderation: Moderation | None = None
 
 
 @dataclass
@@ -71,7 +70,7 @@ Record = Item | Decoded | Scored
 def failed(record: Record, reason: str) -> Record:
     """The error twin of ``record``: identity kept, payload dropped, reason recorded."""
     payload = {"data": None, "pixels": None, "encoded": None, "tokens": None, "hidden": None,
-               "frames": None, "outputs": {}}
+               "moderation": None, "outputs": {}}
     names = {f.name for f in dataclasses.fields(record)}
     changes = {k: v for k, v in payload.items() if k in names}
     return dataclasses.replace(record, error=reason, **changes)

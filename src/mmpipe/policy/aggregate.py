@@ -8,19 +8,10 @@ does not split the window in two.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from ..moderation_records import Segment
 from .schema import Policy
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: float
-    end: float
-    category: str
-    score: float
 
 
 def aggregate(timestamps: list[float], frame_scores: dict[str, np.ndarray],

@@ -14,8 +14,10 @@ from .schema import Policy
 DEFAULT = "default.yaml"
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """The policy in ``path``; None gives the default policy shipped with mmpipe."""
+def load_policy(path: str | Path | None = None, model: type[Policy] = Policy) -> Policy:
+    """The policy in ``path``; None gives the default policy shipped with mmpipe. ``model``
+    validates it: ``Policy`` reads every category's common fields only (names, thresholds), the
+    stages' ``ModerationPolicy`` every field of every source."""
     if path is None:
         text = (resources.files(__package__) / DEFAULT).read_text()
         name = f"<default policy {DEFAULT}>"
@@ -34,7 +36,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     if not isinstance(data, dict):
         raise ConfigError(name, "a policy is a YAML mapping with at least 'categories'")
     try:
-        return Policy.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(name, _first_error(exc)) from None
 

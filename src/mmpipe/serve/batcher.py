@@ -11,7 +11,6 @@ loop only enqueues and awaits futures, so it stays responsive while models run.
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 import time
 from collections import deque
@@ -228,8 +227,8 @@ class DynamicBatcher:
         target = self._shape(len(chunk))
         if target > len(chunk):
             self.metrics.padded.labels(self.name).inc(target - len(chunk))
-        # Copies, not the same object again: stages fill records in place.
-        return chunk + [copy.deepcopy(chunk[-1]) for _ in range(target - len(chunk))]
+        # The last item again: stages return new records and never change the ones they get.
+        return chunk + [chunk[-1]] * (target - len(chunk))
 
 
 def _settle(answers: list[tuple[asyncio.Future, list | None, BaseException | None]]) -> None:

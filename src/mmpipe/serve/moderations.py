@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from ..jobs.moderate import ModerateConfig, effective_policy, load_policy_clip, moderation_stages
 from ..policy import Policy
 from ..records import Item
+from ..stages.checks import ModerationOptions
+from ..stages.moderation_plan import effective_policy, load_policy_clip, moderation_stages
 from .batcher import DynamicBatcher
 from .config import ServeConfig
 from .errors import RequestError
@@ -29,11 +30,11 @@ def moderation_model(config: ServeConfig) -> tuple[ServedModel, Policy]:
     """The moderation job's stages for the configured policy, without the judge: an online
     answer cannot wait for an LLM, and the scores already say what the policy flags."""
     m = config.moderation
-    job = ModerateConfig(input="-", out="-", policy=m.policy, clip_model=m.clip_model,
-                         max_pixels=config.max_pixels, model_threads=m.model_threads,
-                         nsfw_precision=m.nsfw_precision, escalate=False)
-    policy = effective_policy(job)
-    stages = [s for s in moderation_stages(policy, job, load_policy_clip(job, policy)) if s.name != "judge"]
+    policy = effective_policy(m.policy, escalate=False)
+    opts = ModerationOptions(max_pixels=config.max_pixels, model_threads=m.model_threads,
+                             nsfw_precision=m.nsfw_precision)
+    stages = [s for s in moderation_stages(policy, opts, load_policy_clip(policy, m.clip_model))
+              if s.name != "judge"]
     return served_model(MODEL_ID, stages), policy
 
 
@@ -70,7 +71,8 @@ async def moderate_request(body: dict, batcher: DynamicBatcher, policy: Policy, 
 def _result(policy: Policy, records: list) -> dict[str, Any]:
     scores, applied = {}, {}
     for c in policy.categories:
-        values = [(r.outputs["scores"].get(c.name), INPUT_TYPE[r.media_type]) for r in records]
+        values = [(r.moderation.outcome.scores.get(c.name), INPUT_TYPE[r.moderation.media_type])
+                  for r in records]
         used = [(v, t) for v, t in values if v is not None]
         scores[c.name] = max((v for v, _ in used), default=0.0)
         applied[c.name] = sorted({t for _, t in used})

@@ -8,7 +8,7 @@ photo and queues hold a bounded amount of pixels per item.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..decode import DecodeError, decode_image, decode_text, sniff_media_type
 from ..decode.image import DEFAULT_MAX_PIXELS
+from ..moderation_records import Moderation
 from ..records import Decoded, Item
 
 
@@ -33,43 +34,43 @@ class MediaOptions:
 
 def decode_media(item: Item, opts: MediaOptions) -> Decoded:
     decoded = Decoded(id=item.id, uri=item.uri, text=item.text)
-    decoded.outputs["text_truncated"] = item.text_truncated
     if item.data is None:
         if item.text is None:
             raise ValueError("item has neither bytes nor text")
-        decoded.media_type = "text"
-        return decoded
+        return replace(decoded, moderation=Moderation("text", text_truncated=item.text_truncated))
     if not item.data:
         raise ValueError("empty file")
     kind = sniff_media_type(item.data, item.uri)
+    moderation = Moderation(kind, text_truncated=item.text_truncated)
     try:
         if kind == "image":
             img, (decoded.width, decoded.height) = decode_image(item.data, opts.max_pixels,
                                                                 min_side=opts.max_side)
-            decoded.frames, decoded.timestamps = [_fit(img, opts.max_side)], [0.0]
+            moderation = moderation.with_changes(frames=(_fit(img, opts.max_side),), timestamps=(0.0,))
         elif kind == "video":
             from ..decode.video import sample_frames  # PyAV, of the moderate extra
 
             video = sample_frames(item.data, fps=opts.fps, max_frames=opts.max_frames,
                                   max_side=opts.max_side, max_pixels=opts.max_pixels)
-            decoded.frames, decoded.timestamps = video.frames, video.timestamps
+            moderation = moderation.with_changes(frames=tuple(video.frames),
+                                                 timestamps=tuple(video.timestamps),
+                                                 duration_s=video.duration, frames_capped=video.capped)
             decoded.height, decoded.width = video.frames[0].shape[:2]
-            decoded.outputs.update(duration_s=video.duration, frames_capped=video.capped)
         elif kind == "text":
             text = decode_text(item.data, max_chars=opts.max_text_chars)
             decoded.text = text.text if decoded.text is None else f"{decoded.text}\n{text.text}"
-            decoded.outputs["text_truncated"] = item.text_truncated or text.truncated
+            moderation = moderation.with_changes(text_truncated=item.text_truncated or text.truncated)
         elif kind == "audio":
             raise DecodeError("audio-only file: no video stream to moderate")
         else:
             raise DecodeError("unsupported or unrecognised format")
     except DecodeError as exc:
         raise ValueError(str(exc)) from None
-    decoded.media_type = kind
-    if decoded.frames:
-        for name, prepare in opts.model_inputs.items():
-            decoded.outputs[f"input:{name}"] = np.stack([prepare(f) for f in decoded.frames])
-    return decoded
+    if moderation.frames:
+        moderation = moderation.with_changes(inputs={
+            name: np.stack([prepare(f) for f in moderation.frames])
+            for name, prepare in opts.model_inputs.items()})
+    return replace(decoded, moderation=moderation)
 
 
 def _fit(img: Image.Image, max_side: int) -> np.ndarray:
