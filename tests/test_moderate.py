@@ -221,3 +221,13 @@ def test_long_videos_are_capped_and_say_so(media, tmp_path):
     mmpipe.moderate(str(media / "overlay.mp4"), str(out), max_frames=3, progress=False)
     row = mmpipe.read_output(out).to_pylist()[0]
     assert row["frames"] == 3 and any("first 3 frames" in r for r in row["reasons"])
+
+
+def test_the_signature_of_a_policy_reads_as_before_the_source_registry():
+    """Output folders record the policy in their signature; one written by the single-class
+    policy schema (its dump of the default policy, kept in tests/data) must still resume."""
+    from mmpipe.jobs.moderate import signed_policy
+    from mmpipe.stages.checks import load_moderation_policy
+
+    before = json.loads((Path(__file__).parent / "data" / "default_policy_signature_0.1.0.json").read_text())
+    assert signed_policy(load_moderation_policy(None)) == before

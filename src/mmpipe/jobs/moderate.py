@@ -80,12 +80,26 @@ def _signature(policy: ModerationPolicy, cfg: ModerateConfig, clip) -> dict:
     judge runs (URL, timeouts) may change between runs."""
     escalation = policy.escalation
     return {"job": "moderate", "input": cfg.input,
-            "policy": policy.model_dump(mode="json", exclude={"escalation"}),
+            "policy": signed_policy(policy),
             "judge": {"enabled": escalation.enabled, "model": escalation.model,
                       "prompt": escalation.prompt} if escalation.enabled else None,
             "clip_model": str(clip.spec) if clip else None, "ocr": cfg.ocr, "fps": cfg.fps,
             "max_frames": cfg.max_frames, "max_side": cfg.max_side,
             "nsfw_precision": cfg.nsfw_precision}
+
+
+# Every category's dump held these fields when one class had every source's fields: a folder
+# written then resumes only if its signature still reads the same.
+FORMER_CATEGORY_FIELDS = {"words": [], "word_lists": [], "patterns": [], "prompts": None,
+                          "temperature": 100.0, "bank": None, "hash": "pdq", "max_distance": None,
+                          "min_similarity": None}
+
+
+def signed_policy(policy: ModerationPolicy) -> dict:
+    """The policy as a job's signature records it (the judge's settings apart)."""
+    data = policy.model_dump(mode="json", exclude={"escalation"})
+    data["categories"] = [{**FORMER_CATEGORY_FIELDS, **c} for c in data["categories"]]
+    return data
 
 
 def nsfw_variant(policy: ModerationPolicy, cfg: ModerateConfig) -> dict | None:
