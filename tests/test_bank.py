@@ -208,9 +208,9 @@ def test_a_clip_bank_records_its_model_and_a_vector_per_file(clip_bank, tiny_cli
 
 def test_copies_match_by_clip_similarity_and_unrelated_photos_do_not(clip_bank, photos, tiny_model_spec):
     from mmpipe.bank import VectorMatcher
-    from mmpipe.models import load_clip
+    from mmpipe.models import load_embedder
 
-    clip = load_clip(tiny_model_spec)
+    clip = load_embedder(tiny_model_spec)
     embedder = clip.make_embedder()
     banked = open_bank(clip_bank)
     rows, vectors = banked.vectors()
@@ -246,14 +246,14 @@ def test_adding_with_another_model_names_both_and_changes_nothing(clip_bank, pho
 def test_a_bank_from_before_vectors_opens_and_takes_them_later(bank, photos, tiny_model_spec, tmp_path):
     import shutil
 
-    from mmpipe.models import load_clip
+    from mmpipe.models import load_embedder
 
     old = shutil.copytree(bank, tmp_path / "old")
     manifest = json.loads((old / "bank.json").read_text())
     del manifest["clip"]
     (old / "bank.json").write_text(json.dumps(manifest))
     assert open_bank(old).clip_model is None and len(open_bank(old).vectors()[0]) == 0
-    added = add_files(old, [photos["retina.jpg"]], clip=load_clip(tiny_model_spec))
+    added = add_files(old, [photos["retina.jpg"]], clip=load_embedder(tiny_model_spec))
     assert len(added) == len(open_bank(bank))  # retina's rows replaced, the others kept
     rows, vectors = open_bank(old).vectors()
     assert [open_bank(old).entry(int(r))["source"] for r in rows] == [str(photos["retina.jpg"])]

@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-from mmpipe.models.clip import ClipEmbedder
+from mmpipe.models import TowerEmbedder
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
 from tests.conftest import RunningServer, photo
@@ -148,7 +148,7 @@ def live_embedders() -> int:
     gc.collect()
     with warnings.catch_warnings():  # isinstance on torch's deprecated module aliases warns
         warnings.simplefilter("ignore")
-        return sum(isinstance(o, ClipEmbedder) for o in gc.get_objects())
+        return sum(isinstance(o, TowerEmbedder) for o in gc.get_objects())
 
 
 def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):

@@ -126,7 +126,7 @@ def load_policy_clip(cfg: ModerateConfig, policy: Policy):
     """The one CLIP model of the policy's zero-shot categories and of its hash: clip bank
     categories (whose banks record the model of their vectors): --clip-model, or else the banks'."""
     from ..bank import model_key
-    from ..models import ModelSpec, load_clip
+    from ..models import ModelSpec, load_embedder
     from ..stages.bank import clip_bank_model
 
     banked = clip_bank_model(policy)
@@ -141,7 +141,7 @@ def load_policy_clip(cfg: ModerateConfig, policy: Policy):
         raise ConfigError("--clip-model", f"{spec} is not {banked}, the model of the bank vectors "
                           "that the policy's hash: clip categories match; pass that, or leave "
                           "--clip-model out to use it")
-    return load_clip(spec, cfg.device, "fp32", cfg.allow_pickle, device_here=cfg.engine == "local")
+    return load_embedder(spec, cfg.device, "fp32", cfg.allow_pickle, device_here=cfg.engine == "local")
 
 
 def clip_input(frame: np.ndarray, pre) -> np.ndarray:
