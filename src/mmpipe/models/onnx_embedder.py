@@ -23,7 +23,7 @@ import torch
 from ..errors import ModelLoadError
 from ..tune.cache import atomic_path
 from .embedder import LoadedEmbedder
-from .towers import PixelNormaliser, TowerEmbedder, pad_tokens, projected, unit_rows
+from .towers import PixelNormaliser, TowerEmbedder, projected, unit_rows
 
 TOWERS = ("image", "text")
 SIGMOID = "sigmoid.json"  # a sigmoid-trained pair's (scale, bias), or null
@@ -40,7 +40,7 @@ class OnnxEmbedder:
         self.sessions = {t: ort.InferenceSession(str(paths[t]), providers=["CPUExecutionProvider"])
                          for t in TOWERS}
         self.dim = loaded.dim
-        self.pad_id = loaded.preprocessor.pad_id
+        self.preprocessor = loaded.preprocessor
         self.normalise = PixelNormaliser(loaded.preprocessor)
         # The graphs hold the towers only; a sigmoid pair's scale and bias are kept beside them.
         sigmoid = json.loads((paths["image"].parent / SIGMOID).read_text())
@@ -51,7 +51,7 @@ class OnnxEmbedder:
         return _unit(self.sessions["image"].run(None, {"pixel_values": x})[0])
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
-        ids, mask = pad_tokens(token_lists, self.pad_id)
+        ids, mask = self.preprocessor.text_batch(token_lists)
         return _unit(self.sessions["text"].run(None, {"input_ids": ids, "attention_mask": mask})[0])
 
 
@@ -80,7 +80,7 @@ def export_towers(loaded: LoadedEmbedder, paths: dict[str, Path]) -> None:
     pre = loaded.preprocessor
     pixels = np.stack([pre.image(img) for img in evaluation_images(8)])
     tokens = [pre.text(c) for c in evaluation_captions(8)]
-    ids, mask = (torch.from_numpy(a) for a in pad_tokens(tokens, pre.pad_id))
+    ids, mask = (torch.from_numpy(a) for a in pre.text_batch(tokens))
     text_axes = {0: "batch", 1: "sequence"}
     for tower, module, args, axes in (
             ("image", _ImageTower(model), (PixelNormaliser(pre)(pixels),), {"pixel_values": {0: "batch"}}),

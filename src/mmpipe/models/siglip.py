@@ -2,8 +2,9 @@
 ``SiglipModel`` holds it.
 
 Where it differs from CLIP: the image is squeezed whole into the model's square (no centre
-crop) and normalised with mean and std 0.5; every text is padded to the model's length (64),
-as it was trained, because the text tower pools its last position; the towers' outputs are the
+crop) and normalised with mean and std 0.5; texts are padded to the model's length (64, pads
+masked), as transformers' SigLIP pipeline tokenises them (``padding="max_length"``): the model
+was trained so, and its text tower pools the last position; the towers' outputs are the
 vectors (no projection; the image tower ends in an attention-pooling head); and a pair's score
 is sigmoid(scale · cosine + bias) with the learnt ``logit_scale``/``logit_bias``.
 """
@@ -52,7 +53,7 @@ def vision_steps(model) -> tuple:
 
 
 def sigmoid(model) -> tuple[float, float]:
-    return float(model.logit_scale.exp()), float(model.logit_bias)
+    return float(model.logit_scale.detach().exp()), float(model.logit_bias.detach())
 
 
 FAMILY = Family(model_type="siglip", config_class="SiglipConfig", model_class="SiglipModel",

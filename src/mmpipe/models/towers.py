@@ -36,8 +36,8 @@ class Preprocessor:
     # False: the whole image is squeezed into the square, its aspect ratio lost (SigLIP's
     # processor); True: the short side is resized and the centre cropped (CLIP's).
     centre_crop: bool = True
-    # Every text padded to ``max_tokens``: a model trained on padded texts (SigLIP, whose text
-    # tower pools the last position) needs them so; else batches pad to their longest text.
+    # Batches of texts padded to ``max_tokens`` (pads masked): a model trained on padded texts
+    # (SigLIP, whose text tower pools the last position) needs it; else to their longest text.
     pad_texts: bool = False
     token_ids: TokenIds = field(init=False, repr=False, compare=False)
 
@@ -68,10 +68,11 @@ class Preprocessor:
         return _chw(np.asarray(img)[top: top + self.crop, left: left + self.crop], out)
 
     def text(self, text: str) -> np.ndarray:
-        ids = self.token_ids(text)
-        if self.pad_texts and len(ids) < self.max_tokens:
-            ids = np.concatenate([ids, np.full(self.max_tokens - len(ids), self.pad_id, np.int64)])
-        return ids
+        return self.token_ids(text)
+
+    def text_batch(self, token_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, attention mask) of a batch of ``text`` results, as the text tower reads them."""
+        return pad_tokens(token_lists, self.pad_id, self.max_tokens if self.pad_texts else 0)
 
     @property
     def pad_id(self) -> int:
@@ -129,8 +130,7 @@ class TowerEmbedder:
         self.device, self.dtype = placement(loaded.device, loaded.precision)
         self.model = model.to(self.device, self.dtype).eval()
         self.dim = loaded.dim
-        pre = loaded.preprocessor
-        self.pad_id = pre.pad_id
+        pre = self.preprocessor = loaded.preprocessor
         # (scale, bias) of a family trained with a sigmoid loss, for zero-shot scoring.
         self.sigmoid = loaded.family.sigmoid(model) if loaded.family.sigmoid else None
         self.normalise = PixelNormaliser(pre, loaded.device, loaded.precision)
@@ -157,7 +157,7 @@ class TowerEmbedder:
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
         torch = self.torch
-        ids, mask = pad_tokens(token_lists, self.pad_id)
+        ids, mask = self.preprocessor.text_batch(token_lists)
         with torch.inference_mode(), self.feed.stream():
             out = self.model.get_text_features(input_ids=torch.from_numpy(ids).to(self.device),
                                                attention_mask=torch.from_numpy(mask).to(self.device))
@@ -186,10 +186,10 @@ def in_fixed_batches(fn: Callable[[np.ndarray], np.ndarray], x, size: int) -> np
     return np.concatenate(out)
 
 
-def pad_tokens(token_lists: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, attention mask) padded to the longest text in the batch (not to the model's limit,
-    unless the preprocessor pads every text to it): the text tower costs per token."""
-    longest = max(len(t) for t in token_lists)
+def pad_tokens(token_lists: Sequence[np.ndarray], pad_id: int, length: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) padded to the longest text in the batch, or to ``length`` if
+    longer (not to the model's limit unless trained so: the text tower costs per token)."""
+    longest = max(length, *(len(t) for t in token_lists))
     ids = np.full((len(token_lists), longest), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     for i, t in enumerate(token_lists):
