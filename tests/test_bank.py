@@ -321,3 +321,26 @@ def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_t
     assert match["similarity"] >= TINY_CLIP_COPY and "distance" not in match
     assert any(r.startswith("known-bad: matched 'bank entry ") and "at clip similarity" in r
                for r in rows["copy.jpg"]["reasons"])
+
+
+def test_a_siglip_bank_and_siglip_zero_shot_in_one_moderation_run(photos, tiny_siglip_spec, tmp_path):
+    """hash: clip banks and source: clip categories take any image-text embedder's vectors."""
+    bank_path = tmp_path / "siglip-bank"
+    files = [str(p) for name, p in photos.items() if name != "synthetic"]
+    proc = subprocess.run([*CLI, "bank", "add", str(bank_path), *files, "--label", "known-bad",
+                           "--clip-model", tiny_siglip_spec], capture_output=True, text=True)
+    assert proc.returncode == 0 and "7 CLIP vectors" in proc.stderr, proc.stderr
+    assert open_bank(bank_path).info()["clip"]["dim"] == 32
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(photos["coffee.png"]).convert("RGB").save(inputs / "copy.png")
+    policy = _clip_policy(tmp_path / "policy.yaml", bank_path, "    min_similarity: 0.9999\n")
+    policy.write_text(policy.read_text() + "  - {name: fight, source: clip, media: [image], review: 1.0, "
+                      "block: 2.0, prompts: {positive: [a fight], negative: [a photo]}}\n")
+    mmpipe.moderate(str(inputs), str(tmp_path / "out"), policy=str(policy), progress=False,
+                    clip_model=tiny_siglip_spec)
+    row, = mmpipe.read_output(tmp_path / "out").to_pylist()
+    assert row["action"] == "block", row
+    match, = json.loads(row["bank_match"])
+    assert match["source"] == str(photos["coffee.png"]) and match["similarity"] >= 0.9999
+    assert 0 < row["score_fight"] < 1

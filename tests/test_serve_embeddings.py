@@ -200,3 +200,19 @@ def test_a_lone_request_does_not_wait_for_batch_mates(tiny_model_spec):
         assert time.monotonic() - t0 < 2.5
     finally:
         s.stop()
+
+
+def test_a_siglip_checkpoint_serves_texts_and_images(tiny_siglip_spec, siglip_reference):
+    s = start(tiny_siglip_spec, name="tiny-siglip")
+    try:
+        code, _, body = s.post("/v1/embeddings", {"model": "tiny-siglip", "input": [
+            "two dogs", {"type": "image_url", "image_url": {"url": png_url(3)}}]})
+        assert code == 200, body
+        np.testing.assert_allclose(body["data"][0]["embedding"],
+                                   siglip_reference.text_vectors(["two dogs"])[0], atol=1e-5)
+        np.testing.assert_allclose(body["data"][1]["embedding"],
+                                   siglip_reference.image_vectors([photo(3)])[0], atol=1e-5)
+        # The text's own tokens, not the padding the model reads them with.
+        assert body["usage"]["prompt_tokens"] == len(siglip_reference.tokenizer("two dogs")["input_ids"])
+    finally:
+        s.stop()
