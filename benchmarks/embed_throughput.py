@@ -43,9 +43,9 @@ from pathlib import Path
 
 import mmpipe
 from mmpipe.models import load_embedder
+from mmpipe.models.gate import gated_variant
 from mmpipe.models.towers import projected
 from mmpipe.models.variants import Variant
-from mmpipe.models.gate import gated_variant
 from mmpipe.sample_data import make_sample_images
 
 MODEL = "random:ViT-B-32"

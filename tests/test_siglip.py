@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import mmpipe
+from mmpipe import ModelLoadError
 from mmpipe.decode import decode_image
 from mmpipe.models import load_embedder
 from mmpipe.models.gate import gated_variant
@@ -154,3 +155,13 @@ def test_zero_shot_uses_the_models_sigmoid_not_a_softmax(tiny_siglip_spec, tiny_
     with torch.inference_mode():
         logits = model(pixel_values=pixels, **tokens).logits_per_image
     np.testing.assert_allclose(got["fight"], torch.sigmoid(logits).max(dim=1).values.numpy(), atol=1e-5)
+
+
+def test_another_architecture_is_not_taken_for_an_embedder(tiny_siglip, tmp_path):
+    import shutil
+
+    other = shutil.copytree(tiny_siglip, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match="model_type is none of clip, siglip"):
+        load_embedder(f"path:{other}")

@@ -12,15 +12,14 @@ import pytest
 import mmpipe
 from mmpipe.cli import main
 from mmpipe.errors import ConfigError
-from mmpipe.models import load_embedder
+from mmpipe.models import gate, load_embedder
+from mmpipe.models.gate import gated_variant
 from mmpipe.models.onnx_embedder import OnnxEmbedder, onnx_towers
 from mmpipe.models.variants import EmbedderVariant, Variant
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
 from mmpipe.serve.embeddings import embedding_model
-from mmpipe.models import gate
 from mmpipe.tune.accuracy import AccuracyGateError, Gate
-from mmpipe.models.gate import gated_variant
 from tests.conftest import RunningServer, by_id, photo
 
 NO_GATE = Gate(min_mean_cosine=-1)

@@ -21,7 +21,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelLoadError
 from .byte_tokenizer import byte_tokenizer
 from .checkpoint import read_checkpoint
 from .spec import ModelSpec
@@ -127,8 +127,8 @@ def load_embedder(spec: str | ModelSpec, device: str = "cpu", precision: str = "
     folder = spec.local_dir()
     fam = checkpoint_family(folder)
     if fam is None:
-        raise ConfigError("--model", f"{spec} is not an image-text embedder checkpoint (config.json's "
-                                     f"model_type is none of {', '.join(FAMILIES)})")
+        raise ModelLoadError(f"{spec} is not an image-text embedder checkpoint (config.json's "
+                             f"model_type is none of {', '.join(FAMILIES)})")
     config, tokenizer = read_checkpoint(folder, fam.transformers_class(fam.config_class), allow_pickle,
                                         f"a {fam.model_type} checkpoint")
     pre = fam.preprocessor(_preprocessor_config(folder), config, tokenizer)

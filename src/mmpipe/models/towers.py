@@ -48,7 +48,7 @@ class Preprocessor:
         """RGB image → (3, crop, crop) uint8, resized and cropped as the family's reference image
         processor does it; ``PixelNormaliser`` does the rest where the model runs.
 
-        ``exact=False`` resizes only the part of the image the crop keeps (Pillow's ``box``):
+        ``exact=False`` resizes only the part of the image a centre crop keeps (Pillow's ``box``):
         the same filter over the same pixels, less work, though not bit-exact (Pillow places
         each output pixel from the box's edge: values differ by a level or a few). ``out``: a
         (3, crop, crop) uint8 array to write the result into (a decode slab's row)."""
