@@ -3,10 +3,11 @@ consecutive parts.
 
 The image tower is a chain of steps its family declares (``Family.vision_steps``): the stem
 (patch embedding, and CLIP's pre-layernorm), the encoder layers, the head (CLIP: post-layernorm
-on the class token + projection; SigLIP: post-layernorm + attention pooling). The stem belongs to the
-first part and the head to the last. ``split_vision`` times each step on the job's device and
-cuts the layers so that the slowest part is as fast as possible: a pipeline runs at the pace of
-its slowest part, and the end parts carry extra work, so equal layer counts are not balanced.
+on the class token + projection; SigLIP: post-layernorm + attention pooling). The stem belongs
+to the first part and the head to the last. ``split_vision`` times each step on the job's
+device and cuts the layers so that the slowest part is as fast as possible: a pipeline runs at
+the pace of its slowest part, and the end parts carry extra work, so equal layer counts are not
+balanced.
 Each ``VisionPart`` keeps only its steps, so its weights are about 1/K of the tower's.
 
 Imports torch on import: load it only where a pipeline is asked for.

@@ -79,7 +79,8 @@ class Variant:
 @dataclass(frozen=True)
 class EmbedderVariant(LoadedEmbedder):
     """A ``LoadedEmbedder`` whose workers run it as ``variant``; anything that takes a
-    LoadedEmbedder takes this. ``accuracy`` is what it measured against eager fp32 (None for the reference)."""
+    LoadedEmbedder takes this. ``accuracy`` is what it measured against eager fp32 (None for
+    the reference)."""
 
     variant: Variant = Variant()
     cache: Path | None = None  # the checkpoint's cache folder (exported graphs, measured accuracy)
@@ -131,7 +132,8 @@ def quantise_linear(model) -> None:
 
 
 def compile_towers(model, towers: tuple[str, ...], device: str) -> None:
-    """``torch.compile`` each tower (``towers``: their attributes on ``model``), in the mode that pays on the device:
+    """``torch.compile`` each tower (``towers``: their attributes on ``model``), in the mode that
+    pays on the device:
 
     - CPU: freezing, so the weights become constants prepacked once into oneDNN's blocked layouts
       instead of on every product: ViT-B/32's image tower at batch 16 ran 1.04-1.21x eager fp32
@@ -165,4 +167,4 @@ def checkpoint_cache(loaded: LoadedEmbedder) -> Path:
     key = cache_key(source, {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__})
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(loaded.spec).rstrip("/").rsplit("/", 1)[-1])[-40:]
-    return cache_dir("clip", f"{slug}-{key}")
+    return cache_dir("clip", f"{slug}-{key}")  # "clip" from before other families: caches stay valid
