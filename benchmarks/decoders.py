@@ -4,9 +4,9 @@ how far each lands from the reference crop.
 Every candidate turns JPEG bytes into the same (3, 224, 224) uint8 centre crop that CLIP's
 preprocessing makes (short side resized to 224 with PIL BICUBIC, antialiased, then centre-cropped):
 
-  1   exact: Pillow full decode (``decode_image``) + ``ClipPreprocessor.image``: the reference;
+  1   exact: Pillow full decode (``decode_image``) + ``Preprocessor.image``: the reference;
   2   exact-box: Pillow full decode + PIL BICUBIC resize of only the crop's region (``box=``,
-      ``ClipPreprocessor.image(exact=False)``);
+      ``Preprocessor.image(exact=False)``);
       the same filter taps, but Pillow places output pixel x at box_left + (x + 0.5) * scale
       rather than (left + x + 0.5) * scale: where those doubles differ in their last bits (640x480:
       scale 640/298) a few fixed-point weights round differently and rare values move by 1 or 2;
@@ -64,7 +64,7 @@ import PIL
 from PIL import Image, features
 
 from mmpipe.decode.image import decode_image
-from mmpipe.models import load_clip
+from mmpipe.models import load_embedder
 from mmpipe.sample_data import make_sample_images, sample_photos
 
 MODEL = "random:ViT-B-32"
@@ -106,7 +106,7 @@ def main() -> None:
     repeats = 2 if args.quick else args.repeats
     cv2.setNumThreads(1)  # a per-core figure, like Pillow's and simplejpeg's
 
-    pre = load_clip(MODEL).preprocessor
+    pre = load_embedder(MODEL).preprocessor
     assert (pre.resize_to, pre.crop) == (SIDE, SIDE), (pre.resize_to, pre.crop)
     candidates, turbo_status = make_candidates(pre, args.turbojpeg_lib)
     exif_file = exif_rotated_jpeg()
@@ -131,7 +131,7 @@ def main() -> None:
     # forward pass, would take a core from the decoders.
     set_ms = [timings(candidates, blobs, repeats) for _, _, blobs in sets]
 
-    embedder = load_clip(MODEL).make_embedder()
+    embedder = load_embedder(MODEL).make_embedder()
     for (w, h, blobs), (ms, wall_per_cpu) in zip(sets, set_ms):
         n = len(blobs)
         grey = sum(Image.open(io.BytesIO(b)).mode == "L" for b in blobs)
@@ -225,7 +225,7 @@ def make_candidates(pre, turbojpeg_lib: str | None) -> tuple[list[Candidate], st
 
 
 def reference_size(w: int, h: int) -> Size:
-    """The size ``ClipPreprocessor.image`` resizes a w x h image to (short side SIDE)."""
+    """The size ``Preprocessor.image`` resizes a w x h image to (short side SIDE)."""
     new_long = int(SIDE * max(w, h) / min(w, h))
     return (SIDE, new_long) if w <= h else (new_long, SIDE)
 

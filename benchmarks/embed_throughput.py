@@ -42,10 +42,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import mmpipe
-from mmpipe.models import load_clip
-from mmpipe.models.clip import projected
+from mmpipe.models import load_embedder
+from mmpipe.models.gate import gated_variant
+from mmpipe.models.towers import projected
 from mmpipe.models.variants import Variant
-from mmpipe.tune.clip_gate import gated_variant
 from mmpipe.sample_data import make_sample_images
 
 MODEL = "random:ViT-B-32"
@@ -91,7 +91,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {where}")
 
     # One set of weights for (a) and (c); mmpipe.embed builds the same ones (seeded) for (b).
-    embedder = load_clip(MODEL, args.device, args.precision).make_embedder()
+    embedder = load_embedder(MODEL, args.device, args.precision).make_embedder()
     model, place = embedder.model, dict(device=embedder.device, dtype=embedder.dtype)
     with torch.inference_mode():  # warm up kernels and allocator for every mode alike
         for _ in range(3):
@@ -128,7 +128,7 @@ def main() -> None:
     if args.runtime != "eager":
         rows[-1] = (f"    eager forward only, batch {bs}", c_rate, n / c_rate)
         variant = Variant(args.precision, args.runtime)
-        clip = gated_variant(load_clip(MODEL, args.device, variant.weights_precision), variant)
+        clip = gated_variant(load_embedder(MODEL, args.device, variant.weights_precision), variant)
         runtime_model = replace(clip, image_batch=bs).make_embedder().model  # compiled at bs
         c_rate = forward_only(runtime_model, pixels, bs, place)
         rows.append((f"(c) {args.runtime} forward only, batch {bs}", c_rate, n / c_rate))

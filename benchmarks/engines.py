@@ -66,7 +66,7 @@ def plain_ray_data(folder: Path, out: Path, bs: int) -> int:
     import torch
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from mmpipe.models import load_clip
+    from mmpipe.models import load_embedder
 
     processor = CLIPImageProcessorPil()
 
@@ -76,7 +76,7 @@ def plain_ray_data(folder: Path, out: Path, bs: int) -> int:
 
     class Embedder:
         def __init__(self):
-            self.model = load_clip(MODEL).make_embedder().model  # the same seeded weights
+            self.model = load_embedder(MODEL).make_embedder().model  # the same seeded weights
 
         def __call__(self, batch: dict) -> dict:
             with torch.inference_mode():

@@ -34,7 +34,9 @@ from pathlib import Path
 
 import mmpipe
 from mmpipe.jobs.config import usable_cores
-from mmpipe.jobs.embed import EmbedConfig, embed_stages, gated_clip
+from mmpipe.engine import LocalEngine
+from mmpipe.jobs.embed import EmbedConfig, embedding_options, gated_model
+from mmpipe.stages.embedding import embedding_stages
 from mmpipe.sample_data import make_sample_images
 from mmpipe.sources import open_source
 from mmpipe.stages.common import ReadThenDecode
@@ -95,7 +97,8 @@ def ceiling_rate(folder: str, options: dict, batch_size: int, cores: int) -> flo
     """(i): items/s of the job's own decode function (reading included) in a pool of ``cores``
     processes, timed after the pool has started and warmed up."""
     cfg = EmbedConfig.build(input=folder, out="-", model=MODEL, batch_size=batch_size, **options)
-    decode = embed_stages(gated_clip(cfg), cfg)[0].setup().decode  # the job's per-item function
+    stages = embedding_stages(gated_model(cfg, LocalEngine()), embedding_options(cfg))
+    decode = stages[0].setup().decode  # the job's per-item function
     items = list(open_source(folder, cfg.source_options()))
     with multiprocessing.get_context("spawn").Pool(cores, initializer=_set_decode, initargs=(decode,)) as pool:
         pool.map(_decode_one, items[:cores * 4], chunksize=1)  # warm up every process

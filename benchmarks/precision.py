@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmpipe.models import load_clip
+from mmpipe.models import load_embedder
+from mmpipe.models.gate import gated_variant
 from mmpipe.models.variants import Variant
 from mmpipe.sample_data import make_sample_images
 from mmpipe.tune.accuracy import Gate, embedding_accuracy
-from mmpipe.tune.clip_gate import gated_variant
 
 MODEL = "random:ViT-B-32"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def main() -> None:
                                 broken=False, png_share=0)
     files = sorted(folder.glob("*.jpg"))
     assert len(files) == n, f"expected {n} JPEGs in {folder}, found {len(files)}"
-    pre = load_clip(MODEL).preprocessor
+    pre = load_embedder(MODEL).preprocessor
     pixels = np.stack([pre.image(Image.open(p).convert("RGB")) for p in files])
     batches = [pixels[i: i + bs] for i in range(0, n, bs)]
     print(f"data: {n} JPEGs {w}x{h} in {folder}, pre-decoded to {pixels.shape[1:]} uint8")
@@ -66,7 +66,7 @@ def main() -> None:
     embedders, setup = {}, {}
     for variant in VARIANTS:
         t = time.perf_counter()
-        clip = gated_variant(load_clip(MODEL, precision=variant.weights_precision), variant,
+        clip = gated_variant(load_embedder(MODEL, precision=variant.weights_precision), variant,
                              Gate(min_mean_cosine=-1))
         embedders[variant] = clip.make_embedder()
         for x in batches[:2]:  # warm-up: kernels, allocator; a compiled variant compiles here

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny CLIP checkpoint saved the way a user's real one is, and small images."""
+"""Shared fixtures: a tiny CLIP and a tiny SigLIP checkpoint saved the way a user's real one is,
+and small images."""
 
 from __future__ import annotations
 
@@ -92,6 +93,71 @@ class ClipReference:
         import torch
 
         enc = self.tokenizer(texts, padding=True, truncation=True,
+                             max_length=self.model.config.text_config.max_position_embeddings,
+                             return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.get_text_features(**enc)
+        return _unit(out.pooler_output.numpy())
+
+
+SIGLIP_TOKENS = 16  # the tiny SigLIP's text length, every text padded to it
+
+
+def save_tiny_siglip(folder: Path, vision_layers: int = 2, seed: int = 4321) -> Path:
+    """A tiny SigLIP saved like a hub repo (safetensors, tokenizer, preprocessor config): the
+    second model family, loaded through the same ``path:`` spec as the tiny CLIP."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    from mmpipe.models.byte_tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer(max_length=SIGLIP_TOKENS)
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
+           (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
+            ("pad_token_id", tokenizer.pad_token))}
+    config = SiglipConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_attention_heads=2, num_hidden_layers=2,
+                         max_position_embeddings=SIGLIP_TOKENS, **ids),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                           num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8))
+    torch.manual_seed(seed)
+    SiglipModel(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "SiglipImageProcessor", "size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
+        "do_resize": True, "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+        "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip(tmp_path_factory) -> Path:
+    return save_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_spec(tiny_siglip) -> str:
+    return f"path:{tiny_siglip}"
+
+
+@pytest.fixture(scope="session")
+def siglip_reference(tiny_siglip) -> "SiglipReference":
+    """transformers' own SigLIP path on the tiny checkpoint: its PIL image processor, and texts
+    tokenised as its zero-shot pipeline does for SigLIP (padded to max_length)."""
+    from transformers import AutoTokenizer, SiglipModel
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    return SiglipReference(SiglipModel.from_pretrained(tiny_siglip).eval(),
+                           SiglipImageProcessorPil.from_pretrained(tiny_siglip),
+                           AutoTokenizer.from_pretrained(tiny_siglip))
+
+
+class SiglipReference(ClipReference):
+    def text_vectors(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(texts, padding="max_length", truncation=True,
                              max_length=self.model.config.text_config.max_position_embeddings,
                              return_tensors="pt")
         with torch.inference_mode():

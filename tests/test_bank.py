@@ -208,9 +208,9 @@ def test_a_clip_bank_records_its_model_and_a_vector_per_file(clip_bank, tiny_cli
 
 def test_copies_match_by_clip_similarity_and_unrelated_photos_do_not(clip_bank, photos, tiny_model_spec):
     from mmpipe.bank import VectorMatcher
-    from mmpipe.models import load_clip
+    from mmpipe.models import load_embedder
 
-    clip = load_clip(tiny_model_spec)
+    clip = load_embedder(tiny_model_spec)
     embedder = clip.make_embedder()
     banked = open_bank(clip_bank)
     rows, vectors = banked.vectors()
@@ -246,14 +246,14 @@ def test_adding_with_another_model_names_both_and_changes_nothing(clip_bank, pho
 def test_a_bank_from_before_vectors_opens_and_takes_them_later(bank, photos, tiny_model_spec, tmp_path):
     import shutil
 
-    from mmpipe.models import load_clip
+    from mmpipe.models import load_embedder
 
     old = shutil.copytree(bank, tmp_path / "old")
     manifest = json.loads((old / "bank.json").read_text())
     del manifest["clip"]
     (old / "bank.json").write_text(json.dumps(manifest))
     assert open_bank(old).clip_model is None and len(open_bank(old).vectors()[0]) == 0
-    added = add_files(old, [photos["retina.jpg"]], clip=load_clip(tiny_model_spec))
+    added = add_files(old, [photos["retina.jpg"]], clip=load_embedder(tiny_model_spec))
     assert len(added) == len(open_bank(bank))  # retina's rows replaced, the others kept
     rows, vectors = open_bank(old).vectors()
     assert [open_bank(old).entry(int(r))["source"] for r in rows] == [str(photos["retina.jpg"])]
@@ -321,3 +321,26 @@ def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_t
     assert match["similarity"] >= TINY_CLIP_COPY and "distance" not in match
     assert any(r.startswith("known-bad: matched 'bank entry ") and "at clip similarity" in r
                for r in rows["copy.jpg"]["reasons"])
+
+
+def test_a_siglip_bank_and_siglip_zero_shot_in_one_moderation_run(photos, tiny_siglip_spec, tmp_path):
+    """hash: clip banks and source: clip categories take any image-text embedder's vectors."""
+    bank_path = tmp_path / "siglip-bank"
+    files = [str(p) for name, p in photos.items() if name != "synthetic"]
+    proc = subprocess.run([*CLI, "bank", "add", str(bank_path), *files, "--label", "known-bad",
+                           "--clip-model", tiny_siglip_spec], capture_output=True, text=True)
+    assert proc.returncode == 0 and "7 CLIP vectors" in proc.stderr, proc.stderr
+    assert open_bank(bank_path).info()["clip"]["dim"] == 32
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(photos["coffee.png"]).convert("RGB").save(inputs / "copy.png")
+    policy = _clip_policy(tmp_path / "policy.yaml", bank_path, "    min_similarity: 0.9999\n")
+    policy.write_text(policy.read_text() + "  - {name: fight, source: clip, media: [image], review: 1.0, "
+                      "block: 2.0, prompts: {positive: [a fight], negative: [a photo]}}\n")
+    mmpipe.moderate(str(inputs), str(tmp_path / "out"), policy=str(policy), progress=False,
+                    clip_model=tiny_siglip_spec)
+    row, = mmpipe.read_output(tmp_path / "out").to_pylist()
+    assert row["action"] == "block", row
+    match, = json.loads(row["bank_match"])
+    assert match["source"] == str(photos["coffee.png"]) and match["similarity"] >= 0.9999
+    assert 0 < row["score_fight"] < 1

@@ -21,9 +21,9 @@ from PIL import Image
 
 import mmpipe
 from mmpipe.decode.jpeg_header import read_jpeg_header
-from mmpipe.models import load_clip
+from mmpipe.models import load_embedder
 from mmpipe.records import Item
-from mmpipe.stages.clip_embedding import EmbedBatch, crop_only, preprocess
+from mmpipe.stages.embedding_batches import EmbedBatch, crop_only, preprocess
 from mmpipe.stages.common import ReadThenDecode
 from mmpipe.stages.gpu_images import MIN_AGREEMENT, GpuDecoding, GpuImages, agreement
 from tests.conftest import photo
@@ -45,7 +45,7 @@ def rotated(img: Image.Image, orientation: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def clip(tiny_model_spec):
-    return load_clip(tiny_model_spec)
+    return load_embedder(tiny_model_spec)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_nvjpeg_on_the_gpu_matches_the_cpu_path(clip, files):
     for row, name in enumerate(["baseline", "rotated", "grey"]):
         diff = np.abs(out[row].cpu().numpy().astype(np.int16) - spec(clip).cpu(files[name]).astype(np.int16))
         assert diff.mean() < 2.0, (name, diff.mean())  # nvJPEG's IDCT and upsampling differ a little
-    assert agreement(images, load_clip("random:ViT-B-32", "cuda").make_embedder().embed_images)["mean_cosine"] >= MIN_AGREEMENT
+    assert agreement(images, load_embedder("random:ViT-B-32", "cuda").make_embedder().embed_images)["mean_cosine"] >= MIN_AGREEMENT
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

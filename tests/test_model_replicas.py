@@ -12,7 +12,7 @@ import torch
 
 import mmpipe
 from mmpipe.cli import main
-from mmpipe.models import load_clip
+from mmpipe.models import load_embedder
 from mmpipe.models.device_feed import DeviceFeed
 from mmpipe.stage import DeviceSetups, SharedSetup
 from tests.conftest import assert_same_rows, by_id, photo
@@ -50,7 +50,7 @@ def test_shared_setup_builds_once_per_process():
 
 
 def test_concurrent_callers_of_one_embedder_get_their_own_results(tiny_model_spec):
-    clip = load_clip(tiny_model_spec)
+    clip = load_embedder(tiny_model_spec)
     embedder = clip.make_embedder()
     batches = [[clip.preprocessor.image(photo(seed + i)) for i in range(3)] for seed in range(0, 24, 3)]
     want = [embedder.embed_images(np.stack(b)) for b in batches]

@@ -22,9 +22,10 @@ from PIL import Image
 import mmpipe
 from mmpipe import ConfigError, ModelLoadError
 from mmpipe.decode import decode_image
-from mmpipe.models import ModelSpec, load_clip
+from mmpipe.models import ModelSpec, load_embedder
 from mmpipe.models.checkpoint import TokenIds
-from mmpipe.models.clip import RANDOM_ARCHS, PixelNormaliser
+from mmpipe.models.clip import RANDOM_ARCHS
+from mmpipe.models.towers import PixelNormaliser
 from mmpipe.sinks.output_dir import MANIFEST
 from conftest import TINY_IMAGE, photo
 
@@ -83,7 +84,7 @@ def test_the_tiny_model_tells_images_apart(reference):
 
 
 def test_preprocessor_pixels_match_the_reference_processor(tiny_model_spec, reference, tmp_path):
-    pre = load_clip(tiny_model_spec).preprocessor
+    pre = load_embedder(tiny_model_spec).preprocessor
     normalise = PixelNormaliser(pre)
     names = (_write_images(tmp_path, PNG_SIZES, "png", 0)
              + _write_images(tmp_path, SMALL_JPEG_SIZES, "jpg", 20))
@@ -233,7 +234,7 @@ def test_bad_spec_names_the_model_flag(spec, image_dir, tmp_path):
 
 def test_unknown_random_architecture_names_the_model_flag():
     with pytest.raises(ConfigError, match="unknown random architecture") as info:
-        load_clip("random:ViT-XXL")
+        load_embedder("random:ViT-XXL")
     assert info.value.field == "--model"
 
 
@@ -252,7 +253,7 @@ def test_unreachable_hub_says_to_pass_a_local_path(monkeypatch, image_dir, tmp_p
 
 
 def test_random_vit_b_32_is_resolved_without_building_it():
-    clip = load_clip("random:ViT-B-32")
+    clip = load_embedder("random:ViT-B-32")
     assert clip.dim == 512
     assert clip.spec.random_weights and str(clip.spec) == "random:ViT-B-32"
     pre = clip.preprocessor

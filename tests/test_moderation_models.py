@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmpipe.models import load_clip
+from mmpipe.models import load_embedder
 from mmpipe.models.ocr import OcrReader
 from mmpipe.models.open_nsfw import NsfwScorer, preprocess
 from mmpipe.models.profanity import ProfanityScorer
@@ -52,7 +52,7 @@ def test_ocr_lines_come_in_reading_order():
 
 
 def test_zero_shot_matches_a_by_hand_softmax(tiny_model_spec, images):
-    clip = load_clip(tiny_model_spec)
+    clip = load_embedder(tiny_model_spec)
     embedder = clip.make_embedder()
     prompts = {"fight": (["a photo of a fight"], ["a landscape", "a photo of food"])}
     model = ZeroShotClip(embedder, clip.preprocessor, prompts, temperature={"fight": 50.0})

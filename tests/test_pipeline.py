@@ -13,8 +13,8 @@ import pytest
 
 import mmpipe
 from mmpipe.errors import ConfigError
-from mmpipe.jobs.embed import EmbedConfig, embed_stages
-from mmpipe.models import load_clip
+from mmpipe.stages.embedding import EmbeddingOptions, embedding_stages
+from mmpipe.models import load_embedder
 from mmpipe.models.pipeline import VisionPart, balanced_split, split_vision, text_embedder
 from tests.conftest import TINY_IMAGE, assert_same_rows, photo, save_tiny_clip
 
@@ -28,7 +28,7 @@ def deep_spec(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def pixels(deep_spec) -> np.ndarray:
-    pre = load_clip(deep_spec).preprocessor
+    pre = load_embedder(deep_spec).preprocessor
     return np.stack([pre.image(photo(i)) for i in range(5)])
 
 
@@ -56,7 +56,7 @@ def test_split_is_the_best_possible():
 
 @pytest.mark.parametrize("parts", [2, 3])
 def test_parts_chained_equal_the_unsplit_model(deep_spec, pixels, parts):
-    clip = load_clip(deep_spec)
+    clip = load_embedder(deep_spec)
     want = clip.make_embedder().embed_images(pixels)
     ranges = split_vision(clip, parts, batch_size=len(pixels))
     assert len(ranges) == parts and ranges[0].start == 0 and ranges[-1].stop == LAYERS
@@ -70,7 +70,7 @@ def test_parts_chained_equal_the_unsplit_model(deep_spec, pixels, parts):
 
 @pytest.mark.parametrize("parts", [2, 3])
 def test_each_part_holds_about_its_share_of_the_weights(deep_spec, parts):
-    clip = load_clip(deep_spec)
+    clip = load_embedder(deep_spec)
     model = clip.load_model()
     tower = _bytes(model.vision_model) + _bytes(model.visual_projection)
     sizes = [VisionPart(clip, r).parameter_bytes for r in balanced_split([1.0] * LAYERS, parts)]
@@ -84,7 +84,7 @@ def test_each_part_holds_about_its_share_of_the_weights(deep_spec, parts):
 
 def test_too_many_parts_is_a_config_error(deep_spec):
     with pytest.raises(ConfigError, match="--pipeline-stages.*only 6 layers"):
-        split_vision(load_clip(deep_spec), LAYERS + 1, batch_size=2)
+        split_vision(load_embedder(deep_spec), LAYERS + 1, batch_size=2)
 
 
 def test_pipelined_job_writes_the_same_rows(deep_spec, tmp_path):
@@ -121,9 +121,9 @@ def test_pipelined_job_writes_the_same_rows(deep_spec, tmp_path):
 def test_stages_survive_cloudpickle(deep_spec):
     """The Ray engine ships each stage's setup to an actor: nothing loaded may ride along."""
     cloudpickle = pytest.importorskip("cloudpickle")
-    clip = load_clip(deep_spec)
-    cfg = EmbedConfig(input="-", out="-", model=deep_spec, pipeline_stages=2, batch_size=2)
-    stages = [s for s in embed_stages(clip, cfg) if s.name.startswith("embed-")]
+    clip = load_embedder(deep_spec)
+    options = EmbeddingOptions(pipeline_stages=2, batch_size=2)
+    stages = [s for s in embedding_stages(clip, options) if s.name.startswith("embed-")]
     assert len(stages) == 3
     for stage in stages:
         assert len(cloudpickle.dumps(stage.setup)) < 64_000  # the spec and ranges, not weights

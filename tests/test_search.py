@@ -241,3 +241,17 @@ def test_serve_without_index_answers_search_404(tiny_model_spec):
         assert status == 404 and body["error"]["code"] == "index_not_found"
     finally:
         server.stop()
+
+
+def test_a_siglip_index_answers_text_and_image_queries(tmp_path, tiny_siglip_spec, siglip_reference):
+    images = _images(tmp_path / "images", range(6))
+    out = _embed(images, tmp_path / "out", tiny_siglip_spec, fast_decode=False)
+    build_index([out], tmp_path / "index")
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.spec == tiny_siglip_spec
+    query = searcher.query_vector("photo number 3")
+    np.testing.assert_allclose(query, siglip_reference.text_vectors(["photo number 3"])[0], atol=1e-5)
+    ids, vectors = _shard_vectors(out)
+    assert [h.id for h in searcher.search(query, k=3)] == [ids[i] for i in np.argsort(-(vectors @ query))[:3]]
+    hit = searcher.search(searcher.query_vector(image=(images / "p004.jpg").read_bytes()), k=1)[0]
+    assert hit.id == "p004.jpg" and hit.score == pytest.approx(1.0, abs=1e-5)

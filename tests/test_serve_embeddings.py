@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-from mmpipe.models.clip import ClipEmbedder
+from mmpipe.models import TowerEmbedder
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
 from tests.conftest import RunningServer, photo
@@ -148,7 +148,7 @@ def live_embedders() -> int:
     gc.collect()
     with warnings.catch_warnings():  # isinstance on torch's deprecated module aliases warns
         warnings.simplefilter("ignore")
-        return sum(isinstance(o, ClipEmbedder) for o in gc.get_objects())
+        return sum(isinstance(o, TowerEmbedder) for o in gc.get_objects())
 
 
 def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):
@@ -198,5 +198,21 @@ def test_a_lone_request_does_not_wait_for_batch_mates(tiny_model_spec):
         t0 = time.monotonic()
         assert s.post("/v1/embeddings", {"model": "tiny-clip", "input": "alone"})[0] == 200
         assert time.monotonic() - t0 < 2.5
+    finally:
+        s.stop()
+
+
+def test_a_siglip_checkpoint_serves_texts_and_images(tiny_siglip_spec, siglip_reference):
+    s = start(tiny_siglip_spec, name="tiny-siglip")
+    try:
+        code, _, body = s.post("/v1/embeddings", {"model": "tiny-siglip", "input": [
+            "two dogs", {"type": "image_url", "image_url": {"url": png_url(3)}}]})
+        assert code == 200, body
+        np.testing.assert_allclose(body["data"][0]["embedding"],
+                                   siglip_reference.text_vectors(["two dogs"])[0], atol=1e-5)
+        np.testing.assert_allclose(body["data"][1]["embedding"],
+                                   siglip_reference.image_vectors([photo(3)])[0], atol=1e-5)
+        # The text's own tokens, not the padding the model reads them with.
+        assert body["usage"]["prompt_tokens"] == len(siglip_reference.tokenizer("two dogs")["input_ids"])
     finally:
         s.stop()

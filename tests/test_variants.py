@@ -12,15 +12,14 @@ import pytest
 import mmpipe
 from mmpipe.cli import main
 from mmpipe.errors import ConfigError
-from mmpipe.models import load_clip
-from mmpipe.models.clip_onnx import OnnxClipEmbedder, onnx_towers
-from mmpipe.models.variants import ClipVariant, Variant
+from mmpipe.models import gate, load_embedder
+from mmpipe.models.gate import gated_variant
+from mmpipe.models.onnx_embedder import OnnxEmbedder, onnx_towers
+from mmpipe.models.variants import EmbedderVariant, Variant
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
 from mmpipe.serve.embeddings import embedding_model
-from mmpipe.tune import clip_gate
 from mmpipe.tune.accuracy import AccuracyGateError, Gate
-from mmpipe.tune.clip_gate import gated_variant
 from tests.conftest import RunningServer, by_id, photo
 
 NO_GATE = Gate(min_mean_cosine=-1)
@@ -37,8 +36,8 @@ def cache(tmp_path_factory):
         yield path
 
 
-def build(spec: str, variant: Variant, gate: Gate = NO_GATE) -> ClipVariant:
-    return gated_variant(load_clip(spec, precision=variant.weights_precision), variant, gate)
+def build(spec: str, variant: Variant, gate: Gate = NO_GATE) -> EmbedderVariant:
+    return gated_variant(load_embedder(spec, precision=variant.weights_precision), variant, gate)
 
 
 @pytest.mark.parametrize("variant", list(EXPECTED), ids=str)
@@ -63,15 +62,15 @@ def test_measured_accuracy_is_cached_with_the_variant(tiny_model_spec, monkeypat
     def measure_again(clip):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(clip_gate, "_measure", measure_again)
+    monkeypatch.setattr(gate, "_measure", measure_again)
     assert build(tiny_model_spec, Variant("int8", "onnx")).accuracy == first.accuracy
 
 
 def test_onnx_export_matches_eager_on_other_inputs(tiny_model_spec):
     clip = build(tiny_model_spec, Variant("fp32", "onnx"))
-    eager = load_clip(tiny_model_spec).make_embedder()
+    eager = load_embedder(tiny_model_spec).make_embedder()
     exported = clip.make_embedder()
-    assert isinstance(exported, OnnxClipEmbedder)
+    assert isinstance(exported, OnnxEmbedder)
     pixels = np.stack([clip.preprocessor.image(photo(seed)) for seed in range(5)])
     # Another batch size and other sequence lengths than the export's: the axes are dynamic.
     tokens = [clip.preprocessor.text(t) for t in ("a cat", "two red cars parked on a long road", "x")]
@@ -89,7 +88,7 @@ def test_a_compiled_variant_runs_one_image_shape(tiny_model_spec):
     compiled = clip.make_embedder()
     run, shapes = compiled._embed_images, []
     compiled._embed_images = lambda x: shapes.append(len(x)) or run(x)
-    eager = load_clip(tiny_model_spec).make_embedder()
+    eager = load_embedder(tiny_model_spec).make_embedder()
     pixels = np.stack([clip.preprocessor.image(photo(seed)) for seed in range(6)])
     for n in (6, 4, 1):
         np.testing.assert_allclose(compiled.embed_images(pixels[:n]), eager.embed_images(pixels[:n]),

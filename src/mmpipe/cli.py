@@ -426,9 +426,9 @@ def bank_add(
 
     clip = None
     if clip_model is not None:
-        from .models import ModelSpec, load_clip
+        from .models import ModelSpec, load_embedder
 
-        clip = load_clip(ModelSpec.parse(clip_model, "--clip-model"))
+        clip = load_embedder(ModelSpec.parse(clip_model, "--clip-model"))
     print_bank(add_files(bank, files, label, clip=clip))
 
 

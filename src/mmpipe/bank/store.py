@@ -127,7 +127,7 @@ def add_files(path: str | Path, files: Iterable[str | Path], label: str | None =
     """Hash image files (and their centred crops) into the bank; an id is the file's content
     digest, so adding a file again replaces its entries instead of duplicating them.
 
-    ``clip`` (a ``LoadedClip``): also store each file's CLIP image vector, on its uncropped row
+    ``clip`` (a ``LoadedEmbedder``: CLIP, SigLIP): also store each file's image vector, on its uncropped row
     only: CLIP centre-crops every image itself, so the crops' vectors would repeat it. A bank
     holds vectors of one model, so another model than the bank records is refused."""
     model = model_key(clip.spec) if clip is not None else None

@@ -101,7 +101,7 @@ def upright(image, orientation: int):
 
 class DeviceCrops:
     """Upright (3, H, W) uint8 images → (N, 3, crop, crop) uint8: the short side resized to
-    ``resize_to`` (antialiased bicubic) and the centre cut out, with ``ClipPreprocessor.image``'s
+    ``resize_to`` (antialiased bicubic) and the centre cut out, with ``Preprocessor.image``'s
     geometry. Images of one size are resized together, in one call."""
 
     def __init__(self, resize_to: int, crop: int):

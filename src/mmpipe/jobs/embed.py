@@ -1,8 +1,8 @@
-"""The embedding job: items → read + decode + preprocess → CLIP towers → Parquet shards."""
+"""The embedding job: items → read + decode + preprocess → an embedder's towers (CLIP, SigLIP)
+→ Parquet shards."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Literal, Sequence
@@ -12,18 +12,16 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from ..engine import Engine, LocalEngine, make_engine
-from ..models import DEFAULT_CLIP, load_clip
-from ..models.clip import LoadedClip, check_device
-from ..models.variants import ClipVariant, Precision, Runtime, Variant
+from ..engine import Engine, make_engine
+from ..models import DEFAULT_CLIP, LoadedEmbedder, load_embedder
+from ..models.gate import gated_embedder
+from ..models.variants import EmbedderVariant, Precision, Runtime, Variant
 from ..records import Record
 from ..sources import open_source
-from ..stage import ArrayField, DeviceSetups, Resources, Stage
-from ..stages.clip_embedding import EmbedBatch, ImagePartBatch, TextTowerBatch, crop_only, preprocess
-from ..stages.common import decode_stage
+from ..stages.embedding import EmbeddingOptions, embedding_stages, model_devices, model_resources
+from ..stages.embedding_batches import crop_only
 from ..stages.gpu_images import MIN_AGREEMENT, GpuDecoding, agreement
 from ..tune.accuracy import Gate
-from ..tune.clip_gate import gated_variant
 from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
@@ -38,7 +36,7 @@ class EmbedConfig(JobConfig):
     # The accuracy gate: a variant whose vectors' mean cosine to eager fp32 is lower is refused.
     min_cosine: float = Field(0.99, ge=-1, le=1)
     # JPEG DCT-domain downscaling while decoding, and resizing only the crop (see
-    # stages.clip_embedding.image_crop); off for bit-exact reference preprocessing.
+    # stages.embedding_batches.image_crop); off for bit-exact reference preprocessing.
     fast_decode: bool = True
     # Split the image tower into this many consecutive parts, one worker (device) each.
     pipeline_stages: int = Field(1, ge=1, le=64)
@@ -101,47 +99,63 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
     Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes.
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
-    model_devices(cfg)  # a GPU named in --devices that is not there stops the job here, by that flag
+    stage_options = embedding_options(cfg)
+    model_devices(stage_options)  # a GPU named in --devices that is not there stops the job here, by that flag
     engine = make_engine(cfg.engine, cfg.ray_address)
-    clip = gated_clip(cfg, engine)
-    gpu = gpu_decoding(cfg, clip)
+    model = gated_model(cfg, engine)
+    gpu = gpu_decoding(cfg, model)
     decode = {"device": "cuda" if gpu else "cpu", "fast": cfg.fast_decode,
               "processes": cfg.decode_processes and cfg.engine == "local"}
     if gpu:
-        decode["agreement"] = checked_agreement(clip, gpu, cfg, engine)
+        decode["agreement"] = checked_agreement(model, gpu, cfg, engine)
     job = JobSpec(
         label="embed",
         # INPUT too: resuming another input into the same folder would mix two jobs' rows.
-        signature={"job": "embed", "input": cfg.input, "model": str(clip.spec),
+        signature={"job": "embed", "input": cfg.input, "model": str(model.spec),
                    "precision": cfg.precision, "runtime": cfg.runtime},
         items=open_source(cfg.input, cfg.source_options()),
-        stages=embed_stages(clip, cfg, engine, gpu),
-        to_table=lambda records: embeddings_table(records, clip.dim),
-        manifest={"job": "embed", "model": str(clip.spec), "random_weights": clip.spec.random_weights,
-                  "dimension": clip.dim, "precision": cfg.precision, "variant": clip.describe(),
+        stages=embedding_stages(model, stage_options, gpu, engine.run_once),
+        to_table=lambda records: embeddings_table(records, model.dim),
+        manifest={"job": "embed", "model": str(model.spec), "random_weights": model.spec.random_weights,
+                  "dimension": model.dim, "precision": cfg.precision, "variant": model.describe(),
                   "decode": decode, "input": cfg.input,
-                  "columns": [f.name for f in embedding_schema(clip.dim)]},
+                  "columns": [f.name for f in embedding_schema(model.dim)]},
     )
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                    overwrite=cfg.overwrite, progress=progress, engine=engine,
                    price_per_hour=cfg.price_per_hour)
 
 
-def gated_clip(cfg: EmbedConfig, engine: Engine = LocalEngine()) -> ClipVariant:
-    """The job's CLIP as its ``--precision``/``--runtime`` variant, measured against eager fp32
-    and refused below the gate (tune.clip_gate) where the model stages run: a GPU node when
+def embedding_options(cfg: EmbedConfig) -> EmbeddingOptions:
+    return EmbeddingOptions(
+        batch_size=cfg.batch_size, max_pixels=cfg.max_pixels, fast_decode=cfg.fast_decode,
+        decode_workers=cfg.decode_workers, decode_processes=cfg.decode_processes,
+        read_workers=cfg.read_workers, device=cfg.device,
+        devices=tuple(cfg.devices) if cfg.devices else None, model_replicas=cfg.model_replicas,
+        pipeline_stages=cfg.pipeline_stages, local_engine=cfg.engine == "local")
+
+
+def gated_model(cfg: EmbedConfig, engine: Engine) -> EmbedderVariant:
+    """The job's embedder as its ``--precision``/``--runtime`` variant, measured against eager
+    fp32 and refused below the gate (models.gate) where the model stages run: a GPU node when
     they need one."""
-    clip = load_clip(cfg.model, cfg.device, cfg.variant.weights_precision, cfg.allow_pickle,
-                     device_here=cfg.engine == "local")
-    if cfg.variant.is_reference:  # nothing to measure, so no need to go where the model runs
-        return ClipVariant.wrap(clip, cfg.variant)
-    gated = engine.run_once(partial(gated_variant, clip, cfg.variant, cfg.gate), model_resources(cfg))
-    return replace(gated, image_batch=cfg.batch_size)
+    loaded = load_embedder(cfg.model, cfg.device, cfg.variant.weights_precision, cfg.allow_pickle,
+                           device_here=cfg.engine == "local")
+    resources = model_resources(embedding_options(cfg))
+    return gated_embedder(loaded, cfg.variant, cfg.gate, cfg.batch_size,
+                          partial(engine.run_once, resources=resources))
 
 
-def gpu_decoding(cfg: EmbedConfig, clip: LoadedClip) -> GpuDecoding | None:
-    """How the model workers decode JPEGs on their GPU, or None: the CPU decodes everything."""
+def gpu_decoding(cfg: EmbedConfig, model: LoadedEmbedder) -> GpuDecoding | None:
+    """How the model workers decode JPEGs on their GPU, or None: the CPU decodes everything.
+    The GPU makes centre crops only: a model that squeezes the whole image (SigLIP) decodes on
+    the CPU."""
     if cfg.decode_device == "cpu" or not cfg.device.startswith("cuda"):
+        return None
+    if not model.preprocessor.centre_crop:
+        if cfg.decode_device == "cuda":
+            raise ConfigError("--decode-device", f"the GPU decoder makes centre crops; {model.spec} "
+                                                 "resizes whole images: use --decode-device cpu")
         return None
     from ..decode.gpu import nvjpeg_backend
 
@@ -151,15 +165,15 @@ def gpu_decoding(cfg: EmbedConfig, clip: LoadedClip) -> GpuDecoding | None:
             raise ConfigError("--decode-device", "no GPU JPEG decoder can be imported here: install "
                                                  "torchvision built for this torch, or nvidia-nvimgcodec-cu12")
         return None
-    pre = clip.preprocessor
+    pre = model.preprocessor
     return GpuDecoding(backend, pre.resize_to, pre.crop,
                        partial(crop_only, pre=pre, max_pixels=cfg.max_pixels, fast=cfg.fast_decode))
 
 
-def checked_agreement(clip: LoadedClip, gpu: GpuDecoding, cfg: EmbedConfig, engine: Engine) -> dict:
+def checked_agreement(model: LoadedEmbedder, gpu: GpuDecoding, cfg: EmbedConfig, engine: Engine) -> dict:
     """GPU decoding's vectors against the CPU path's on the evaluation set, measured where the
     model runs; refused below MIN_AGREEMENT mean cosine."""
-    measured = engine.run_once(partial(_agreement, clip, gpu), model_resources(cfg))
+    measured = engine.run_once(partial(_agreement, model, gpu), model_resources(embedding_options(cfg)))
     if measured["mean_cosine"] < MIN_AGREEMENT:
         raise ConfigError("--decode-device", f"vectors from GPU-decoded images have mean cosine "
                                              f"{measured['mean_cosine']} to the CPU path's (< {MIN_AGREEMENT}) "
@@ -167,65 +181,8 @@ def checked_agreement(clip: LoadedClip, gpu: GpuDecoding, cfg: EmbedConfig, engi
     return measured
 
 
-def _agreement(clip: LoadedClip, gpu: GpuDecoding) -> dict:
-    return agreement(gpu.on(clip.device), clip.make_embedder().embed_images)
-
-
-def model_devices(cfg: EmbedConfig) -> list[str]:
-    """The devices of the model workers: --devices, every visible GPU for a local --device cuda,
-    else the one --device (on Ray, each actor's own)."""
-    if cfg.devices:
-        for device in cfg.devices:
-            check_device(device, flag="--devices")
-        return cfg.devices
-    if cfg.device == "cuda" and cfg.engine == "local":
-        import torch
-
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [cfg.device]
-
-
-def model_resources(cfg: EmbedConfig) -> Resources:
-    """A model worker's share of a device: with N replicas each takes 1/N of a GPU (on Ray, N
-    actors on each GPU, each with its own weights; in this process they share one copy)."""
-    return Resources(num_cpus=1, num_gpus=1 / cfg.model_replicas if cfg.device.startswith("cuda") else 0)
-
-
-def embed_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine(),
-                 gpu: GpuDecoding | None = None) -> list[Stage]:
-    """Reading and decoding in worker processes (or threads), then the model. Decode batches
-    are the model's: a worker process fills one slab per batch, which the model reads as it
-    lies. With ``gpu``, JPEGs the GPU can take travel as bytes and are decoded there."""
-    pre = clip.preprocessor
-    return [
-        decode_stage(partial(preprocess, pre=pre, max_pixels=cfg.max_pixels, fast=cfg.fast_decode,
-                             gpu_jpegs=gpu is not None),
-                     workers=cfg.decode_workers, read_workers=cfg.read_workers, batch_size=cfg.batch_size,
-                     in_processes=cfg.decode_processes, shared=ArrayField("pixels", (3, pre.crop, pre.crop))),
-        *model_stages(clip, cfg, engine, gpu),
-    ]
-
-
-def model_stages(clip: LoadedClip, cfg: EmbedConfig, engine: Engine = LocalEngine(),
-                 gpu: GpuDecoding | None = None) -> list[Stage]:
-    """One stage with the whole model, ``--model-replicas`` workers on each device (every GPU of
-    the node with --device cuda) or, with ``--pipeline-stages K``, the text tower then the
-    image tower in K parts, each part a worker of its own owning only its layers. Parts work on
-    consecutive micro-batches (the job's batch size) at once, like a bucket chain."""
-    device = model_resources(cfg)
-    if cfg.pipeline_stages == 1:
-        devices = model_devices(cfg)
-        return [Stage("embed", DeviceSetups(partial(EmbedBatch, clip, gpu), devices), batch_size=cfg.batch_size,
-                      concurrency=len(devices) * cfg.model_replicas, resources=device)]
-    from ..models.pipeline import split_vision
-
-    # Measured once, on the kind of device the parts will run on, so that every worker gets the
-    # same plain ranges.
-    parts = engine.run_once(partial(split_vision, clip, cfg.pipeline_stages, cfg.batch_size), device)
-    return [Stage("embed-text", partial(TextTowerBatch, clip), batch_size=cfg.batch_size,
-                  resources=device),
-            *(Stage(f"embed-vision-{i}", partial(ImagePartBatch, clip, layers),
-                    batch_size=cfg.batch_size, resources=device) for i, layers in enumerate(parts))]
+def _agreement(model: LoadedEmbedder, gpu: GpuDecoding) -> dict:
+    return agreement(gpu.on(model.device), model.make_embedder().embed_images)
 
 
 def embedding_schema(dim: int) -> pa.Schema:

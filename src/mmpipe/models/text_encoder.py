@@ -56,13 +56,6 @@ class LoadedTextEncoder:
     spec: ModelSpec
 
 
-def is_clip_checkpoint(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "config.json").read_text()).get("model_type") == "clip"
-    except (OSError, ValueError):
-        return False
-
-
 def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool = False) -> LoadedTextEncoder:
     """Tokenizer and config now; the weights when ``make_encoder`` is called."""
     from transformers import AutoConfig

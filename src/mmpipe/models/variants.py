@@ -1,14 +1,15 @@
-"""Faster variants of a loaded CLIP: other precisions and runtimes behind the same embedder.
+"""Faster variants of a loaded embedder (any family): other precisions and runtimes behind the
+same interface.
 
-``ClipEmbedder`` stays the plain eager model. A variant wraps what it does with the weights:
+``TowerEmbedder`` stays the plain eager model. A variant wraps what it does with the weights:
 
 - precision ``fp32`` / ``bf16`` / ``fp16`` (GPU) is the weights' dtype; ``int8`` stores the Linear
   layers' weights as int8 and quantises each batch's activations on the fly (dynamic
   quantisation), where the CPU spends its time in a transformer;
 - runtime ``eager`` (PyTorch as written), ``compile`` (``torch.compile`` of each tower) or
-  ``onnx`` (each tower exported once to ONNX and run by onnxruntime, see ``clip_onnx``).
+  ``onnx`` (each tower exported once to ONNX and run by onnxruntime, see ``onnx_embedder``).
 
-How far a variant strays from eager fp32 is measured and gated in ``mmpipe.tune.clip_gate``.
+How far a variant strays from eager fp32 is measured and gated in ``models.gate``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..tune.cache import cache_dir, cache_key
-from .clip import RANDOM_ARCHS, LoadedClip
+from .embedder import LoadedEmbedder
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 Runtime = Literal["eager", "compile", "onnx"]
@@ -76,9 +77,10 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class ClipVariant(LoadedClip):
-    """A ``LoadedClip`` whose workers run it as ``variant``; anything that takes a LoadedClip
-    takes this. ``accuracy`` is what it measured against eager fp32 (None for the reference)."""
+class EmbedderVariant(LoadedEmbedder):
+    """A ``LoadedEmbedder`` whose workers run it as ``variant``; anything that takes a
+    LoadedEmbedder takes this. ``accuracy`` is what it measured against eager fp32 (None for
+    the reference)."""
 
     variant: Variant = Variant()
     cache: Path | None = None  # the checkpoint's cache folder (exported graphs, measured accuracy)
@@ -88,21 +90,21 @@ class ClipVariant(LoadedClip):
     image_batch: int = 16
 
     @classmethod
-    def wrap(cls, clip: LoadedClip, variant: Variant) -> "ClipVariant":
-        base = {f.name: getattr(clip, f.name) for f in fields(LoadedClip)}
-        return cls(**base, variant=variant, cache=None if variant.is_reference else checkpoint_cache(clip))
+    def wrap(cls, loaded: LoadedEmbedder, variant: Variant) -> "EmbedderVariant":
+        base = {f.name: getattr(loaded, f.name) for f in fields(LoadedEmbedder)}
+        return cls(**base, variant=variant, cache=None if variant.is_reference else checkpoint_cache(loaded))
 
     def make_embedder(self):
         """Loads the weights (once per model worker) and wraps them as ``variant``."""
         if self.variant.runtime == "onnx":
-            from .clip_onnx import OnnxClipEmbedder, onnx_towers
+            from .onnx_embedder import OnnxEmbedder, onnx_towers
 
-            return OnnxClipEmbedder(onnx_towers(self, self.variant.precision), self.preprocessor)
+            return OnnxEmbedder(onnx_towers(self, self.variant.precision), self)
         embedder = super().make_embedder()
         if self.variant.precision == "int8":
             quantise_linear(embedder.model)
         if self.variant.runtime == "compile":
-            compile_towers(embedder.model, self.device)
+            compile_towers(embedder.model, self.family.towers, self.device)
             embedder.image_batch = self.image_batch
             crop = self.preprocessor.crop
             embedder.embed_images(np.zeros((self.image_batch, 3, crop, crop), np.uint8))
@@ -129,8 +131,9 @@ def quantise_linear(model) -> None:
         torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def compile_towers(model, device: str) -> None:
-    """``torch.compile`` each tower, in the mode that pays on the device:
+def compile_towers(model, towers: tuple[str, ...], device: str) -> None:
+    """``torch.compile`` each tower (``towers``: their attributes on ``model``), in the mode that
+    pays on the device:
 
     - CPU: freezing, so the weights become constants prepacked once into oneDNN's blocked layouts
       instead of on every product: ViT-B/32's image tower at batch 16 ran 1.04-1.21x eager fp32
@@ -143,25 +146,25 @@ def compile_towers(model, device: str) -> None:
     import torch
 
     how = {"mode": "max-autotune"} if device.startswith("cuda") else {"options": {"freezing": True}}
-    model.vision_model = torch.compile(model.vision_model, **how)
-    model.text_model = torch.compile(model.text_model, **how)
+    for name in towers:
+        setattr(model, name, torch.compile(getattr(model, name), **how))
 
 
-def checkpoint_cache(clip: LoadedClip) -> Path:
-    """A folder for what this install derives from ``clip``'s weights, keyed by the spec, the
+def checkpoint_cache(loaded: LoadedEmbedder) -> Path:
+    """A folder for what this install derives from ``loaded``'s weights, keyed by the spec, the
     checkpoint's files (name, size, mtime: hashing gigabytes on every start would cost seconds)
     and the versions that shape the results."""
     import onnxruntime
     import torch
     import transformers
 
-    if clip.spec.kind == "random":
-        files = RANDOM_ARCHS[clip.spec.target]
+    if loaded.spec.kind == "random":
+        files = loaded.family.random_archs[loaded.spec.target]
     else:
-        folder = clip.spec.local_dir()
+        folder = loaded.spec.local_dir()
         files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
-    source = hashlib.sha256(json.dumps([str(clip.spec), files], default=str).encode()).hexdigest()
+    source = hashlib.sha256(json.dumps([str(loaded.spec), files], default=str).encode()).hexdigest()
     key = cache_key(source, {"torch": torch.__version__, "transformers": transformers.__version__,
                              "onnxruntime": onnxruntime.__version__})
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(clip.spec).rstrip("/").rsplit("/", 1)[-1])[-40:]
-    return cache_dir("clip", f"{slug}-{key}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(loaded.spec).rstrip("/").rsplit("/", 1)[-1])[-40:]
+    return cache_dir("clip", f"{slug}-{key}")  # "clip" from before other families: caches stay valid

@@ -1,7 +1,14 @@
-"""Zero-shot categories with CLIP: a category is positive and negative text prompts.
+"""Zero-shot categories with an image-text embedder: a category is positive and negative text
+prompts. Prompts are embedded once, when the scorer is built.
 
-Per category: softmax over (image · prompt) × temperature for its prompts; the score is the
-probability mass on the positive prompts. Prompts are embedded once, when the scorer is built.
+How an image's score follows from its cosines to the prompts depends on how the pair was
+trained, which the embedder tells (``Embedder.sigmoid``):
+
+- softmax (CLIP): softmax over (image · prompt) × temperature for the category's prompts; the
+  score is the probability mass on the positive prompts;
+- sigmoid (SigLIP): each prompt's own probability, sigmoid(scale · cosine + bias) with the
+  model's learnt scale and bias; the score is the most probable positive prompt's. Prompts are
+  not played against each other, so negative prompts and the temperature do not enter.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ import numpy as np
 class ZeroShotClip:
     def __init__(self, embedder, preprocessor, categories: dict[str, tuple[list[str], list[str]]],
                  temperature: float | dict[str, float] = 100.0):
-        """``temperature``: one logit scale for all categories, or one per category name;
-        ``embedder`` embeds the prompts, once."""
+        """``temperature``: one logit scale for all categories, or one per category name (softmax
+        pairs only); ``embedder`` embeds the prompts, once."""
+        self.sigmoid = embedder.sigmoid
         self.categories = {}
         for name, (positive, negative) in categories.items():
             prompts = [*positive, *negative]
@@ -27,9 +35,19 @@ class ZeroShotClip:
         images = np.asarray(images, np.float32)
         out = {}
         for name, (prompts, n_positive, scale) in self.categories.items():
-            logits = images @ prompts.T * scale
+            cosines = images @ prompts.T
+            if self.sigmoid is not None:
+                out[name] = sigmoid_scores(cosines[:, :n_positive], *self.sigmoid)
+                continue
+            logits = cosines * scale
             logits -= logits.max(axis=1, keepdims=True)
             probs = np.exp(logits)
             probs /= probs.sum(axis=1, keepdims=True)
             out[name] = probs[:, :n_positive].sum(axis=1).astype(np.float32)
         return out
+
+
+def sigmoid_scores(cosines: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    """(images, positive prompts) cosines → each image's most probable positive prompt's
+    sigmoid probability."""
+    return (1 / (1 + np.exp(-(cosines * scale + bias)))).max(axis=1).astype(np.float32)

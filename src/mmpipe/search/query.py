@@ -86,12 +86,12 @@ class Searcher:
 
     def __init__(self, index: str | os.PathLike, model: str | None = None, device: str = "cpu",
                  allow_pickle: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
-        from ..models import load_clip
+        from ..models import load_embedder
 
         self.index = SearchIndex(index)
         self.meta = self.index.meta
         self.max_pixels = max_pixels
-        clip = load_clip(model or self.meta.model, device, "fp32", allow_pickle)
+        clip = load_embedder(model or self.meta.model, device, "fp32", allow_pickle)
         self.spec = str(clip.spec)
         self.preprocessor = clip.preprocessor
         self.embedder = clip.make_embedder()

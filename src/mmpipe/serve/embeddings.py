@@ -1,4 +1,5 @@
-"""``POST /v1/embeddings`` in the OpenAI schema, answered by the embed job's CLIP stages.
+"""``POST /v1/embeddings`` in the OpenAI schema, answered by the embed job's stages (an
+image-text embedder: CLIP, SigLIP).
 
 ``input`` is a string or a list; each element — a string, or (an extension) an
 ``{"type": "image_url", "image_url": {"url": …}}`` part — gets one vector, text and images in
@@ -11,15 +12,20 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..jobs.embed import EmbedConfig, embed_stages, gated_clip
-from ..models import ModelSpec
-from ..models.text_encoder import is_clip_checkpoint, load_text_encoder
+from ..models import ModelSpec, load_embedder
+from ..models.embedder import checkpoint_family
+from ..models.gate import gated_embedder
+from ..models.text_encoder import load_text_encoder
+from ..models.variants import Variant
+from ..stages.embedding import EmbeddingOptions, embedding_stages, model_resources, run_here
 from ..stages.text_embedding import text_embedding_stages
+from ..tune.accuracy import Gate
 from .batcher import DynamicBatcher
 from .config import Embeddings, ServeConfig
 from .errors import RequestError
@@ -33,7 +39,7 @@ class EmbeddingModel:
     spec: ModelSpec
     dim: int
     tokenize: Callable[[str], np.ndarray]  # what the model reads of a text, for usage
-    images: bool  # CLIP embeds images too; a sentence encoder only texts
+    images: bool  # an image-text embedder embeds images too; a sentence encoder only texts
     settings: Embeddings
 
     @property
@@ -43,24 +49,27 @@ class EmbeddingModel:
 
 
 def embedding_model(config: ServeConfig) -> EmbeddingModel:
-    """A CLIP checkpoint (the embed job's stages: texts and images) or, for any other
-    architecture, a sentence encoder (texts only), told apart by the checkpoint's config."""
+    """An image-text embedder of a known family (the embed job's stages: texts and images) or,
+    for any other architecture, a sentence encoder (texts only), told apart by the checkpoint's
+    config."""
     e = config.embeddings
     spec = ModelSpec.parse(e.model, "embeddings.model")
     name = e.name or _default_name(str(spec))
-    if spec.kind == "random" or is_clip_checkpoint(spec.local_dir()):
+    if spec.kind == "random" or checkpoint_family(spec.local_dir()) is not None:
+        options = EmbeddingOptions(max_pixels=config.max_pixels, device=e.device)
+        variant = Variant(e.precision, e.runtime)
         try:
-            job = EmbedConfig(input="-", out="-", model=e.model, device=e.device, precision=e.precision,
-                              runtime=e.runtime, min_cosine=e.min_cosine, allow_pickle=e.allow_pickle,
-                              max_pixels=config.max_pixels)
+            variant.check(e.device)
         except ConfigError as exc:  # named as the job's flag; here it is a field of the config
             raise ConfigError(f"embeddings.{exc.key}", exc.reason) from None
-        clip = gated_clip(job)
-        return EmbeddingModel(served_model(name, embed_stages(clip, job)), spec, clip.dim,
-                              clip.preprocessor.text, True, e)
+        loaded = load_embedder(spec, e.device, variant.weights_precision, e.allow_pickle)
+        model = gated_embedder(loaded, variant, Gate(min_mean_cosine=e.min_cosine), options.batch_size,
+                               partial(run_here, resources=model_resources(options)))
+        return EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
+                              model.preprocessor.text, True, e)
     if (e.precision, e.runtime) != ("fp32", "eager"):
-        raise ConfigError("embeddings.precision", f"precision and runtime variants are for CLIP models; "
-                                                  f"{spec} is a sentence encoder")
+        raise ConfigError("embeddings.precision", f"precision and runtime variants are for image-text "
+                                                  f"embedders; {spec} is a sentence encoder")
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
                           encoder.dim, encoder.tokenize, False, e)

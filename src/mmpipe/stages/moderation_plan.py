@@ -42,7 +42,7 @@ def load_policy_clip(policy: ModerationPolicy, clip_model: str | None, *, device
     categories (whose banks record the model of their vectors): ``clip_model`` (--clip-model),
     or else the banks'."""
     from ..bank import model_key
-    from ..models import ModelSpec, load_clip
+    from ..models import ModelSpec, load_embedder
 
     banked = clip_bank_model(policy)
     if not categories_of(policy, "clip") and banked is None:
@@ -56,7 +56,7 @@ def load_policy_clip(policy: ModerationPolicy, clip_model: str | None, *, device
         raise ConfigError("--clip-model", f"{spec} is not {banked}, the model of the bank vectors "
                           "that the policy's hash: clip categories match; pass that, or leave "
                           "--clip-model out to use it")
-    return load_clip(spec, device, "fp32", allow_pickle, device_here=device_here)
+    return load_embedder(spec, device, "fp32", allow_pickle, device_here=device_here)
 
 
 def moderation_stages(policy: ModerationPolicy, opts: ModerationOptions, clip=None) -> list[Stage]:

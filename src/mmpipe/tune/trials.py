@@ -76,10 +76,10 @@ def _job_measurement(out: Path, stage: str, peak: PeakRss) -> Measurement:
 
 def embed_task(opts: TuneOptions, work: Path) -> Task:
     from ..jobs.embed import embed
-    from ..models.clip import load_clip
+    from ..models.embedder import load_embedder
     from ..models.variants import Variant
     from ..sample_data import make_sample_images
-    from .clip_gate import gated_variant
+    from ..models.gate import gated_variant
 
     samples = make_sample_images(work / "samples", n=opts.items, broken=False)
     base = {"model": opts.model, "device": opts.device, "min_cosine": opts.min_cosine}
@@ -88,7 +88,7 @@ def embed_task(opts: TuneOptions, work: Path) -> Task:
     def check(variant: dict) -> Gated:
         v = Variant(**variant)
         v.check(opts.device)
-        clip = load_clip(opts.model, opts.device, v.weights_precision)
+        clip = load_embedder(opts.model, opts.device, v.weights_precision)
         # Measured with no bar so that a refused variant's figures are recorded too.
         figures = gated_variant(clip, v, Gate(min_mean_cosine=-1)).accuracy or {}
         towers = [Accuracy.from_dict(f) for f in figures.values()]

@@ -1,6 +1,7 @@
 """The embedding job's stage functions: a decode worker's ``preprocess`` (bytes → a uint8 crop and
-token ids, or a JPEG left for the GPU) and the model workers' batch functions (the whole CLIP, or
-a pipelined embed's text tower and image-tower parts)."""
+token ids, or a JPEG left for the GPU) and the model workers' batch functions (the whole
+embedder, or a pipelined embed's text tower and image-tower parts). ``stages.embedding`` puts
+them in a stage list."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import numpy as np
 from ..decode import DecodeError, decode_image
 from ..decode.image import TRANSPOSING
 from ..decode.jpeg_header import nvjpeg_takes, read_jpeg_header
-from ..models import ClipPreprocessor
-from ..models.clip import LoadedClip
+from ..models import LoadedEmbedder, Preprocessor
 from ..records import Decoded, Item, Scored, failed
 from ..stage import shared_row
 from .gpu_images import GpuDecoding
 
-def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, fast: bool,
+def preprocess(item: Item, pre: Preprocessor, max_pixels: int, fast: bool,
                gpu_jpegs: bool = False) -> Decoded:
     """One item for the model: its image as a uint8 crop (or, with ``gpu_jpegs``, a JPEG the GPU
     can take left as bytes, its size read from the header) and its caption's token ids."""
@@ -36,7 +36,7 @@ def preprocess(item: Item, pre: ClipPreprocessor, max_pixels: int, fast: bool,
     return decoded
 
 
-def image_crop(data: bytes, pre: ClipPreprocessor, max_pixels: int,
+def image_crop(data: bytes, pre: Preprocessor, max_pixels: int,
                fast: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """Image bytes → (the model's uint8 crop, the image's displayed size); ValueError if they
     cannot be decoded.
@@ -51,18 +51,18 @@ def image_crop(data: bytes, pre: ClipPreprocessor, max_pixels: int,
     return pre.image(img, exact=not fast, out=shared_row()), size
 
 
-def crop_only(data: bytes, pre: ClipPreprocessor, max_pixels: int, fast: bool) -> np.ndarray:
+def crop_only(data: bytes, pre: Preprocessor, max_pixels: int, fast: bool) -> np.ndarray:
     return image_crop(data, pre, max_pixels, fast)[0]
 
 
 class EmbedBatch:
     """The model stage's batch function: one per model worker, owning its weights on ``device``
-    (or the clip's own), and with ``gpu`` decoding the batch's JPEGs there."""
+    (or the embedder's own), and with ``gpu`` decoding the batch's JPEGs there."""
 
-    def __init__(self, clip: LoadedClip, gpu: GpuDecoding | None = None, device: str | None = None):
-        clip = replace(clip, device=device) if device else clip
-        self.embedder = clip.make_embedder()
-        self.gpu = gpu.on(clip.device) if gpu else None
+    def __init__(self, loaded: LoadedEmbedder, gpu: GpuDecoding | None = None, device: str | None = None):
+        loaded = replace(loaded, device=device) if device else loaded
+        self.embedder = loaded.make_embedder()
+        self.gpu = gpu.on(loaded.device) if gpu else None
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
         inputs = [r.pixels if r.encoded is None else r.encoded for r in batch]
@@ -94,10 +94,10 @@ class EmbedBatch:
 class TextTowerBatch:
     """A pipelined embed's first model stage: the text tower alone; images pass on untouched."""
 
-    def __init__(self, clip: LoadedClip):
+    def __init__(self, loaded: LoadedEmbedder):
         from ..models.pipeline import text_embedder
 
-        self.embedder = text_embedder(clip)
+        self.embedder = text_embedder(loaded)
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
@@ -109,10 +109,10 @@ class ImagePartBatch:
     """One part of a pipelined image tower: pixels or the previous part's ``hidden`` in, ``hidden``
     out; the last part turns every record into its ``Scored`` row, as ``EmbedBatch`` does."""
 
-    def __init__(self, clip: LoadedClip, layers: range):
+    def __init__(self, loaded: LoadedEmbedder, layers: range):
         from ..models.pipeline import VisionPart
 
-        self.part = VisionPart(clip, layers)
+        self.part = VisionPart(loaded, layers)
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded | Scored]:
         inputs = [r.pixels if self.part.first else r.hidden for r in batch]

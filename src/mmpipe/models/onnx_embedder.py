@@ -1,4 +1,5 @@
-"""CLIP's towers as ONNX graphs run by onnxruntime.
+"""An embedder's two towers (any family: each is exported through the model's
+``get_image_features`` / ``get_text_features``) as ONNX graphs run by onnxruntime.
 
 Each tower is exported once per checkpoint (dynamic batch; dynamic sequence length for text),
 checked against eager fp32 on the evaluation set, and kept in the checkpoint's cache folder;
@@ -10,7 +11,9 @@ Imports torch on import: load it only where the onnx runtime is asked for.
 
 from __future__ import annotations
 
+import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -19,43 +22,49 @@ import torch
 
 from ..errors import ModelLoadError
 from ..tune.cache import atomic_path
-from .clip import ClipEmbedder, ClipPreprocessor, LoadedClip, PixelNormaliser, pad_tokens, projected, unit_rows
+from .embedder import LoadedEmbedder
+from .towers import PixelNormaliser, TowerEmbedder, projected, unit_rows
 
 TOWERS = ("image", "text")
+SIGMOID = "sigmoid.json"  # a sigmoid-trained pair's (scale, bias), or null
 # An fp32 graph differs from eager fp32 only by the order of float operations.
 EXPORT_MIN_COSINE = 0.9999
 
 
-class OnnxClipEmbedder:
-    """``ClipEmbedder``'s interface on two onnxruntime sessions."""
+class OnnxEmbedder:
+    """``TowerEmbedder``'s interface on two onnxruntime sessions."""
 
-    def __init__(self, paths: dict[str, Path], pre: ClipPreprocessor):
+    def __init__(self, paths: dict[str, Path], loaded: LoadedEmbedder):
         import onnxruntime as ort
 
         self.sessions = {t: ort.InferenceSession(str(paths[t]), providers=["CPUExecutionProvider"])
                          for t in TOWERS}
-        self.pad_id = pre.pad_id
-        self.normalise = PixelNormaliser(pre)
+        self.dim = loaded.dim
+        self.preprocessor = loaded.preprocessor
+        self.normalise = PixelNormaliser(loaded.preprocessor)
+        # The graphs hold the towers only; a sigmoid pair's scale and bias are kept beside them.
+        sigmoid = json.loads((paths["image"].parent / SIGMOID).read_text())
+        self.sigmoid = tuple(sigmoid) if sigmoid else None
 
     def embed_images(self, pixels: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         x = self.normalise(np.ascontiguousarray(pixels)).numpy()
         return _unit(self.sessions["image"].run(None, {"pixel_values": x})[0])
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
-        ids, mask = pad_tokens(token_lists, self.pad_id)
+        ids, mask = self.preprocessor.text_batch(token_lists)
         return _unit(self.sessions["text"].run(None, {"input_ids": ids, "attention_mask": mask})[0])
 
 
-def onnx_towers(clip, precision: str) -> dict[str, Path]:
-    """The two graphs of ``clip`` (a ``ClipVariant``) in ``precision`` (fp32 or int8), exported
-    and quantised first when its cache folder lacks them."""
-    folder: Path = clip.cache
+def onnx_towers(variant, precision: str) -> dict[str, Path]:
+    """The two graphs of ``variant`` (an ``EmbedderVariant``) in ``precision`` (fp32 or int8),
+    exported and quantised first when its cache folder lacks them."""
+    folder: Path = variant.cache
     paths = _paths(folder, precision)
     if all(p.is_file() for p in paths.values()):
         return paths
     fp32 = _paths(folder, "fp32")
     if not all(p.is_file() for p in fp32.values()):
-        export_towers(clip, fp32)
+        export_towers(variant, fp32)
     if precision == "int8":
         for tower in TOWERS:
             with atomic_path(paths[tower]) as tmp:
@@ -63,30 +72,32 @@ def onnx_towers(clip, precision: str) -> dict[str, Path]:
     return paths
 
 
-def export_towers(clip: LoadedClip, paths: dict[str, Path]) -> None:
-    """Export both towers of ``clip`` in fp32 and refuse a graph that disagrees with eager."""
+def export_towers(loaded: LoadedEmbedder, paths: dict[str, Path]) -> None:
+    """Export both towers of ``loaded`` in fp32 and refuse a graph that disagrees with eager."""
     from ..tune.eval_set import evaluation_captions, evaluation_images
 
-    model = clip.load_model().float().eval()
-    pre = clip.preprocessor
+    model = loaded.load_model().float().eval()
+    pre = loaded.preprocessor
     pixels = np.stack([pre.image(img) for img in evaluation_images(8)])
     tokens = [pre.text(c) for c in evaluation_captions(8)]
-    ids, mask = (torch.from_numpy(a) for a in pad_tokens(tokens, pre.pad_id))
+    ids, mask = (torch.from_numpy(a) for a in pre.text_batch(tokens))
     text_axes = {0: "batch", 1: "sequence"}
     for tower, module, args, axes in (
             ("image", _ImageTower(model), (PixelNormaliser(pre)(pixels),), {"pixel_values": {0: "batch"}}),
             ("text", _TextTower(model), (ids, mask), {"input_ids": text_axes, "attention_mask": text_axes})):
         with atomic_path(paths[tower]) as tmp:
             _export(module, args, axes, tmp)
-    reference = ClipEmbedder(model, pre)
-    exported = OnnxClipEmbedder(paths, pre)
+    reference = TowerEmbedder(model, replace(loaded, device="cpu", precision="fp32"))
+    with atomic_path(paths["image"].parent / SIGMOID) as tmp:
+        tmp.write_text(json.dumps(reference.sigmoid))
+    exported = OnnxEmbedder(paths, loaded)
     for tower, want, got in (("image", reference.embed_images(pixels), exported.embed_images(pixels)),
                              ("text", reference.embed_texts(tokens), exported.embed_texts(tokens))):
         worst = float((want * got).sum(axis=1).min())
         if worst < EXPORT_MIN_COSINE:
             for p in paths.values():
                 p.unlink(missing_ok=True)
-            raise ModelLoadError(f"the ONNX export of {clip.spec}'s {tower} tower disagrees with "
+            raise ModelLoadError(f"the ONNX export of {loaded.spec}'s {tower} tower disagrees with "
                                  f"eager fp32 (min cosine {worst:.6f} < {EXPORT_MIN_COSINE})")
 
 

@@ -1,0 +1,79 @@
+"""An embedder's variant as a job or the server gets it: measured against eager fp32 on the fixed
+evaluation set, refused below the accuracy gate, its figures cached beside the checkpoint's
+other derived files so the next run with the same weights does not measure again."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from functools import partial
+from typing import Callable
+
+import numpy as np
+
+from ..tune import eval_set
+from ..tune.accuracy import Accuracy, Gate, embedding_accuracy, enforce
+from ..tune.cache import atomic_path
+from .embedder import LoadedEmbedder
+from .variants import EmbedderVariant, Variant
+
+BATCH = 16  # the jobs' default batch size, so a compiled variant compiles the shape jobs use
+
+
+def gated_variant(loaded: LoadedEmbedder, variant: Variant, gate: Gate = Gate()) -> EmbedderVariant:
+    """``loaded`` (in ``variant.weights_precision``) wrapped as ``variant``, with its accuracy;
+    raises ``AccuracyGateError`` with the failing figure when it is below ``gate``."""
+    variant.check(loaded.device)
+    wrapped = EmbedderVariant.wrap(loaded, variant)
+    if variant.is_reference:
+        return wrapped
+    figures = _cached(wrapped) or _measure(wrapped)
+    for tower, accuracy in figures.items():
+        enforce(f"{variant} ({tower} embeddings of {loaded.spec})", accuracy, gate)
+    return replace(wrapped, accuracy={tower: a.to_dict() for tower, a in figures.items()})
+
+
+def gated_embedder(loaded: LoadedEmbedder, variant: Variant, gate: Gate, batch_size: int,
+                   run_once: Callable[[Callable[[], EmbedderVariant]], EmbedderVariant]) -> EmbedderVariant:
+    """``gated_variant`` measured by ``run_once`` where the model stages run (a GPU node when
+    they need one), its compiled shape the stages' ``batch_size``."""
+    if variant.is_reference:  # nothing to measure, so no need to go where the model runs
+        return EmbedderVariant.wrap(loaded, variant)
+    return replace(run_once(partial(gated_variant, loaded, variant, gate)), image_batch=batch_size)
+
+
+def _measure(wrapped: EmbedderVariant) -> dict[str, Accuracy]:
+    pre = wrapped.preprocessor
+    pixels = np.stack([pre.image(img) for img in eval_set.evaluation_images()])
+    tokens = [pre.text(c) for c in eval_set.evaluation_captions()]
+    reference = replace(wrapped, precision="fp32", variant=Variant()).make_embedder()
+    want = _embed(reference, pixels, tokens)
+    del reference
+    got = _embed(wrapped.make_embedder(), pixels, tokens)
+    figures = {tower: embedding_accuracy(want[tower], got[tower]) for tower in want}
+    with atomic_path(_path(wrapped)) as tmp:
+        tmp.write_text(json.dumps({"eval_set": eval_set.VERSION,
+                                   **{tower: a.to_dict() for tower, a in figures.items()}}))
+    return figures
+
+
+def _embed(embedder, pixels: np.ndarray, tokens: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {"image": np.concatenate([embedder.embed_images(pixels[i: i + BATCH])
+                                     for i in range(0, len(pixels), BATCH)]),
+            "text": np.concatenate([embedder.embed_texts(tokens[i: i + BATCH])
+                                    for i in range(0, len(tokens), BATCH)])}
+
+
+def _cached(wrapped: EmbedderVariant) -> dict[str, Accuracy] | None:
+    try:
+        data = json.loads(_path(wrapped).read_text())
+    except (OSError, ValueError):
+        return None
+    if data.pop("eval_set", None) != eval_set.VERSION:
+        return None
+    return {tower: Accuracy.from_dict(figures) for tower, figures in data.items()}
+
+
+def _path(wrapped: EmbedderVariant):
+    where = wrapped.device.replace(":", "")  # bf16 on a GPU and on a CPU round differently
+    return wrapped.cache / f"accuracy-{wrapped.variant.precision}-{wrapped.variant.runtime}-{where}.json"
