@@ -27,7 +27,7 @@ from mmpipe.models import load_embedder
 from mmpipe.models.gate import gated_variant
 from mmpipe.models.variants import Variant
 from mmpipe.sample_data import make_sample_images
-from mmpipe.tune.accuracy import Gate, embedding_accuracy
+from mmpipe.models.accuracy import Gate, embedding_accuracy
 
 MODEL = "random:ViT-B-32"
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from mmpipe.policy import load_policy
 from mmpipe.sample_moderation import draw_caption
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import load_serve_config
-from mmpipe.tune.accuracy import AccuracyGateError, Gate
+from mmpipe.models.accuracy import AccuracyGateError, Gate
 from tests.conftest import RunningServer, photo
 
 # Measured on the evaluation set (onnxruntime 1.32, static QDQ): |int8 - fp32| at most 0.108,

@@ -25,7 +25,7 @@ from mmpipe.models.towers import PixelNormaliser
 from mmpipe.models.variants import Variant
 from mmpipe.sinks.output_dir import MANIFEST
 from mmpipe.models.zero_shot import ZeroShotClip
-from mmpipe.tune.accuracy import Gate
+from mmpipe.models.accuracy import Gate
 from conftest import SIGLIP_TOKENS, TINY_IMAGE, photo
 
 COSINE = 0.9999

@@ -19,7 +19,7 @@ from mmpipe.models.variants import EmbedderVariant, Variant
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
 from mmpipe.serve.embeddings import embedding_model
-from mmpipe.tune.accuracy import AccuracyGateError, Gate
+from mmpipe.models.accuracy import AccuracyGateError, Gate
 from tests.conftest import RunningServer, by_id, photo
 
 NO_GATE = Gate(min_mean_cosine=-1)

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from ..decode.image import DecodeError, decode_image
 from ..errors import MmpipeError
 from ..models.spec import ModelSpec
-from ..tune.cache import atomic_path
+from ..atomic import atomic_path
 from .hashing import HASHES, hash_image
 
 ENTRIES = "entries.parquet"

@@ -21,7 +21,7 @@ from ..sources import open_source
 from ..stages.embedding import EmbeddingOptions, embedding_stages, model_devices, model_resources
 from ..stages.embedding_batches import crop_only
 from ..stages.gpu_images import MIN_AGREEMENT, GpuDecoding, agreement
-from ..tune.accuracy import Gate
+from ..models.accuracy import Gate
 from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 

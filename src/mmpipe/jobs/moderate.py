@@ -107,7 +107,7 @@ def nsfw_variant(policy: ModerationPolicy, cfg: ModerateConfig) -> dict | None:
     found cached) and gated here, before any item is read."""
     if not categories_of(policy, "open_nsfw"):
         return None
-    from ..models.open_nsfw import nsfw_model
+    from ..models.open_nsfw_int8 import nsfw_model
 
     return nsfw_model(cfg.nsfw_precision, policy.thresholds("open_nsfw"))[1]
 

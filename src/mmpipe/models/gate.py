@@ -11,9 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..tune import eval_set
-from ..tune.accuracy import Accuracy, Gate, embedding_accuracy, enforce
-from ..tune.cache import atomic_path
+from ..atomic import atomic_path
+from . import eval_set
+from .accuracy import Accuracy, Gate, embedding_accuracy, enforce
 from .embedder import LoadedEmbedder
 from .variants import EmbedderVariant, Variant
 

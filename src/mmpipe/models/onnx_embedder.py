@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..atomic import atomic_path
 from ..errors import ModelLoadError
-from ..tune.cache import atomic_path
 from .embedder import LoadedEmbedder
 from .towers import PixelNormaliser, TowerEmbedder, projected, unit_rows
 
@@ -74,7 +74,7 @@ def onnx_towers(variant, precision: str) -> dict[str, Path]:
 
 def export_towers(loaded: LoadedEmbedder, paths: dict[str, Path]) -> None:
     """Export both towers of ``loaded`` in fp32 and refuse a graph that disagrees with eager."""
-    from ..tune.eval_set import evaluation_captions, evaluation_images
+    from .eval_set import evaluation_captions, evaluation_images
 
     model = loaded.load_model().float().eval()
     pre = loaded.preprocessor
@@ -132,7 +132,7 @@ def _export(module, args: tuple, dynamic: dict, path: Path) -> None:
 
 def _quantise(src: Path, dst: Path) -> None:
     """Int8 weights for the MatMuls (where a transformer's time goes), activations quantised per
-    batch. Not ``tune.onnx_int8``'s dynamic setting, made for a conv net: unsigned weights ran
+    batch. Not ``models.onnx_int8``'s dynamic setting, made for a conv net: unsigned weights ran
     ViT-B/32's MatMulInteger at 0.85x fp32 here, signed ones at 2x; and onnxruntime's symbolic
     shape inference, which its pre-processing needs, cannot finish on the text tower's graph."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

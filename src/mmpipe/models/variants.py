@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from ..errors import ConfigError
-from ..tune.cache import cache_dir, cache_key
+from .cache import cache_dir, cache_key
 from .embedder import LoadedEmbedder
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]

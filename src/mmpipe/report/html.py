@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..tune.cache import atomic_path
+from ..atomic import atomic_path
 from .review import Thresholds, severity
 
 MAX_ITEMS = 500

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ..atomic import atomic_path
 
 Thresholds = Sequence[tuple[str, float, float]]  # (category, review, block)
 
@@ -24,8 +25,7 @@ def write_review_queue(table: pa.Table, categories: Thresholds, path: str | Path
     rows = [r for r in table.drop_columns([c for c in ("thumbnail",) if c in table.column_names])
             .filter(pc.equal(table["action"], "review")).to_pylist()]
     rows.sort(key=lambda r: (-severity(r, categories), r["id"]))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps({
                 "id": r["id"], "uri": r["uri"], "media_type": r["media_type"], "action": r["action"],
@@ -35,5 +35,4 @@ def write_review_queue(table: pa.Table, categories: Thresholds, path: str | Path
                 "judge": json.loads(r["judge"]) if r.get("judge") else None,
                 "text": (r["text"] or "")[:500] or None,
             }, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return len(rows)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..decode.image import decode_image
 from ..stages.media import jpeg
-from ..tune.cache import atomic_path
+from ..atomic import atomic_path
 from .query import Hit
 
 THUMB_SIDE = 200

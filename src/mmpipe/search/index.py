@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import MmpipeError
 from ..sinks.output_dir import OutputDir
-from ..tune.cache import atomic_path
+from ..atomic import atomic_path
 
 TABLE = "items"
 META = "_index.json"

@@ -25,7 +25,7 @@ from ..models.text_encoder import load_text_encoder
 from ..models.variants import Variant
 from ..stages.embedding import EmbeddingOptions, embedding_stages, model_resources, run_here
 from ..stages.text_embedding import text_embedding_stages
-from ..tune.accuracy import Gate
+from ..models.accuracy import Gate
 from .batcher import DynamicBatcher
 from .config import Embeddings, ServeConfig
 from .errors import RequestError

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_bytes
+
 
 @dataclass(frozen=True)
 class Commit:
@@ -39,13 +41,7 @@ class CommitLog:
 
     def repair(self, commits: list[Commit]) -> None:
         """Rewrite the log as exactly ``commits``, dropping a torn tail before appending to it."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            for c in commits:
-                f.write(_line(c))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_bytes(self.path, b"".join(_line(c) for c in commits), durable=True)
 
     def append(self, commit: Commit) -> None:
         with open(self.path, "ab") as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import TMP_SUFFIX, write_text
 from ..errors import OutputDirError
 from .commit_log import Commit, CommitLog
 
@@ -50,7 +51,7 @@ class OutputDir:
                                      "pass --overwrite to start again")
         for p in self.path.iterdir():
             orphan = SHARD_RE.match(p.name) and p.name not in committed
-            if orphan or p.name.endswith(".tmp"):
+            if orphan or p.name.endswith(TMP_SUFFIX):
                 p.unlink()
         return commits
 
@@ -82,11 +83,9 @@ class OutputDir:
             return None
 
     def write_json(self, name: str, data: dict) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.path / name)
+        write_text(self.path / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     def _clear(self) -> None:
         for p in self.path.iterdir():
-            if SHARD_RE.match(p.name) or p.name in (MANIFEST, COMMITS, STATS) or p.name.endswith(".tmp"):
+            if SHARD_RE.match(p.name) or p.name in (MANIFEST, COMMITS, STATS) or p.name.endswith(TMP_SUFFIX):
                 p.unlink()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_path
 from ..records import Record
 from .commit_log import Commit
 from .output_dir import OutputDir
@@ -63,22 +63,11 @@ class ParquetShardSink:
             return
         self._convert()
         name = f"part-{self.index:05d}.parquet"
-        tmp = self.out.path / f".{name}.tmp"
-        pq.write_table(pa.concat_tables(self.tables), tmp, compression="zstd", use_dictionary=self.dictionary)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.out.path / name)
-        _fsync_dir(self.out.path)
+        with atomic_path(self.out.path / name, durable=True) as tmp:
+            pq.write_table(pa.concat_tables(self.tables), tmp, compression="zstd",
+                           use_dictionary=self.dictionary)
         self.out.log.append(Commit(name, self.ids, self.shard_errors))
         self.rows += len(self.ids)
         self.errors += self.shard_errors
         self.index += 1
         self.tables, self.ids, self.shard_errors = [], [], 0
-
-
-def _fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

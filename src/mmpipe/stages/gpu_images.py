@@ -83,7 +83,7 @@ def _orientation(data: bytes) -> int:
 def agreement(images: GpuImages, embed: Callable[[object], np.ndarray]) -> dict:
     """Mean and least cosine between the vectors of the evaluation set's images (as JPEGs of
     quality 90) decoded on the GPU and on the CPU (``images.spec.cpu``), by ``embed``."""
-    from ..tune.eval_set import evaluation_images
+    from ..models.eval_set import evaluation_images
 
     jpegs = [jpeg(np.asarray(img), quality=90) for img in evaluation_images()]
     on_gpu, errors = images(jpegs)

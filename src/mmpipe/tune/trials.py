@@ -16,7 +16,7 @@ import psutil
 
 from ..errors import ConfigError
 from ..jobs.config import usable_cores
-from .accuracy import Accuracy, Gate
+from ..models.accuracy import Accuracy, Gate
 from .sweep import Gated, Measurement, Task, TuneOptions, parse_variants
 
 _SAMPLE_EVERY_S = 0.02

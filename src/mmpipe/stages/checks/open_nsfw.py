@@ -25,7 +25,8 @@ class NsfwBatch:
     """open_nsfw over every frame of the batch's images and videos, in model-sized chunks."""
 
     def __init__(self, policy: Policy, threads: int | None, precision: str = "fp32"):
-        from ...models.open_nsfw import NsfwScorer, nsfw_model
+        from ...models.open_nsfw import NsfwScorer
+        from ...models.open_nsfw_int8 import nsfw_model
 
         path, _ = nsfw_model(precision, policy.thresholds("open_nsfw"))
         self.scorer = NsfwScorer(threads=threads, model_path=path)

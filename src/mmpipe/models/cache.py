@@ -1,7 +1,7 @@
 """Where derived model files (quantised, exported) are kept between runs, keyed by what made them.
 
-Several workers may build the same file at once: each writes to its own temporary name and
-renames it into place, so a reader sees either no file or a whole one.
+Several workers may build the same file at once: each writes it with ``mmpipe.atomic``, so a
+reader sees either no file or a whole one.
 """
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 
 def cache_dir(*parts: str) -> Path:
@@ -44,15 +41,3 @@ def cache_key(source_sha256: str, settings: dict) -> str:
     """A short name for the file derived from ``source_sha256`` with ``settings``."""
     blob = json.dumps({"source": source_sha256, **settings}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` to write; renamed onto ``target`` on success,
-    removed on failure."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
