@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import job_flag, layered, read_yaml, validate
 from ..decode.image import DEFAULT_MAX_PIXELS
-from ..errors import ConfigError
 from ..sources import SourceOptions
 from ..sources.options import DEFAULT_MAX_BYTES
 
@@ -65,13 +65,7 @@ class JobConfig(BaseModel):
 
 def build_config(cls: type[BaseModel], values: dict):
     """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "config"
-        flag = name.upper() if name in ("input", "out") else "--" + name.replace("_", "-")
-        raise ConfigError(flag, err["msg"]) from None
+    return validate(cls, values, flag_of=job_flag)
 
 
 def with_config_file(cls: type[JobConfig], path: str | None, options: dict, given: set[str]) -> dict:
@@ -80,12 +74,6 @@ def with_config_file(cls: type[JobConfig], path: str | None, options: dict, give
     A bad key or value stops here, naming the file and the field."""
     if path is None:
         return options
-    from ..serve.config import read_yaml_mapping
-
-    data = read_yaml_mapping(path)
-    name = Path(path).name
-    try:
-        cls.build(**{"input": "", "out": "", **data})
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc.key}", exc.reason) from None
-    return {**options, **data, **{k: v for k, v in options.items() if k in given}}
+    data = read_yaml(path)
+    validate(cls, {"input": "", "out": "", **data}, Path(path).name)
+    return layered(data, options, given)

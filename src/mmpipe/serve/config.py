@@ -21,14 +21,14 @@ Example::
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..config import read_yaml, validate
 from ..decode.image import DEFAULT_MAX_PIXELS
-from ..errors import ConfigError
 from ..models.variants import Precision, Runtime
 
 _STRICT = ConfigDict(extra="forbid", protected_namespaces=())
@@ -118,7 +118,7 @@ PER_MODEL_FLAGS = ("max_batch_size", "max_wait_ms", "replicas", "max_inflight_pe
 def load_serve_config(path: str | None, **flags) -> ServeConfig:
     """The config file (if any) with the command line's flags on top; a bad value stops here
     with one line naming the file or flag and the field."""
-    data = read_yaml_mapping(path) if path else {}
+    data = read_yaml(path) if path else {}
     flags = {k: v for k, v in flags.items() if v is not None}
     given = set(flags)
     if "policy" in flags:
@@ -134,26 +134,12 @@ def load_serve_config(path: str | None, **flags) -> ServeConfig:
                 if section == "moderation" or data.get(section):
                     data.setdefault(section, {})[key] = value
     data.update(flags)
-    try:
-        return ServeConfig(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "config"
-        leaf = str(err["loc"][-1]) if err["loc"] else ""
-        from_flag = leaf in given or (leaf == "model" and "embedding_model" in given)
-        flag = "embedding_model" if leaf == "model" else leaf
-        where = f"--{flag.replace('_', '-')}" if from_flag else Path(path or "config").name
-        raise ConfigError(where, err["msg"] if from_flag else f"{field}: {err['msg']}") from None
+    return validate(ServeConfig, data, Path(path or "config").name, partial(_flag_of, given))
 
 
-def read_yaml_mapping(path: str) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("--config", f"no config file {path!r}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(p.name, f"invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(p.name, "the config file must be a YAML mapping")
-    return data
+def _flag_of(given: set[str], loc: tuple) -> str | None:
+    """The flag a bad value came from: flags set a field wherever it sits (--max-batch-size in
+    every model section), and --embedding-model is ``embeddings.model``."""
+    leaf = str(loc[-1]) if loc else ""
+    flag = "embedding_model" if leaf == "model" else leaf
+    return f"--{flag.replace('_', '-')}" if flag in given else None

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ConfigError
+from ..config import flags_named, read_yaml, validate
 from ..net import http_base_url
-from .config import read_yaml_mapping
 
 
 class Backend(BaseModel):
@@ -69,12 +68,4 @@ def load_route_config(path: str, **flags) -> RouteConfig:
     """The config file with the command line's flags (host, port) on top; a bad value stops here
     with one line naming the file or flag and the field."""
     given = {k: v for k, v in flags.items() if v is not None}
-    try:
-        return RouteConfig(**{**read_yaml_mapping(path), **given})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = err["loc"]
-        if loc and loc[0] in given:
-            raise ConfigError(f"--{loc[0]}", err["msg"]) from None
-        field = ".".join(str(x) for x in loc) or "config"
-        raise ConfigError(Path(path).name, f"{field}: {err['msg']}") from None
+    return validate(RouteConfig, {**read_yaml(path), **given}, Path(path).name, flags_named(given))

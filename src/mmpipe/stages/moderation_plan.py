@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from pydantic import ValidationError
-
+from ..config import validate
 from ..errors import ConfigError
 from ..stage import Resources, Stage
 from .checks import SOURCES, ModerationOptions, ModerationPolicy, categories_of, load_moderation_policy
@@ -30,10 +29,7 @@ def effective_policy(path: str | None, escalate: bool | None = None,
         return policy
     data = policy.model_dump()
     data["escalation"].update(changes)
-    try:
-        return ModerationPolicy.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("--judge-url", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    return validate(ModerationPolicy, data, flag_of=lambda loc: "--judge-url", plain=True)
 
 
 def load_policy_clip(policy: ModerationPolicy, clip_model: str | None, *, device: str = "cpu",

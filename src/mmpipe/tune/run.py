@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..jobs.config import build_config
+from ..config import job_flag, validate
 from . import report
 from .sweep import Trial, TuneOptions, best, sweep
 from .trials import TASKS, scratch
@@ -27,7 +27,7 @@ def tune(model: str, task: str, *, progress: bool | None = None, **options) -> T
     """Measure configurations of ``task`` (embed, moderate or serve) for ``model`` within
     ``budget_minutes`` and write tune.json, tune.csv, pareto.png and best.yaml into ``out``
     (default ./tune-<task>). Options are the fields of ``TuneOptions``."""
-    opts: TuneOptions = build_config(TuneOptions, {"model": model, "task": task, **options})
+    opts = validate(TuneOptions, {"model": model, "task": task, **options}, flag_of=job_flag)
     out = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True, highlight=False, soft_wrap=True, quiet=progress is False)
