@@ -113,8 +113,9 @@ def nsfw_agreement() -> None:
     """--- open_nsfw ONNX INT8 vs fp32 (a real model): score agreement at the policy's thresholds,
     provided by mmpipe.models.open_nsfw_int8 ---"""
     from mmpipe.models.open_nsfw_int8 import int8_agreement
+    from mmpipe.policy import load_policy
 
-    result = int8_agreement()
+    result = int8_agreement(load_policy(None).thresholds("open_nsfw"))
     acc = result.accuracy
     print()
     print(f"open_nsfw ONNX INT8 ({result.method}) vs fp32, real weights: {acc.n} images, max score "

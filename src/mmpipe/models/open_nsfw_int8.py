@@ -120,23 +120,22 @@ def compare(fp32: NsfwScorer, int8: NsfwScorer) -> tuple[np.ndarray, np.ndarray,
 @dataclass(frozen=True)
 class Agreement:
     method: str
-    accuracy: Accuracy  # at the default policy's open_nsfw thresholds
+    accuracy: Accuracy  # at the thresholds asked for
     fp32_items_s: float
     int8_items_s: float
 
 
-def int8_agreement(threads: int | None = None, method: str = METHOD) -> Agreement:
-    """INT8 open_nsfw against fp32 on the evaluation set: score agreement, and items/s of each at
-    batch 16 with ``threads`` ONNX Runtime threads (default: all cores). Does not apply the gate:
-    a benchmark reports the figures either way."""
-    from ..policy import load_policy
-
+def int8_agreement(thresholds: Sequence[float], threads: int | None = None,
+                   method: str = METHOD) -> Agreement:
+    """INT8 open_nsfw against fp32 on the evaluation set: score agreement at ``thresholds`` (a
+    policy's for open_nsfw), and items/s of each at batch 16 with ``threads`` ONNX Runtime threads
+    (default: all cores). Does not apply the gate: a benchmark reports the figures either way."""
     variant = build_int8(method)
     fp32, int8 = NsfwScorer(threads), NsfwScorer(threads, model_path=variant.path)
     for scorer in (fp32, int8):  # a session's first run allocates its buffers: not timed
         scorer.score(np.zeros((BATCH, 224, 224, 3), np.float32))
     reference, scores, seconds = compare(fp32, int8)
-    accuracy = score_accuracy(reference, scores, load_policy(None).thresholds("open_nsfw"))
+    accuracy = score_accuracy(reference, scores, thresholds)
     return Agreement(method, accuracy, len(reference) / seconds[0], len(reference) / seconds[1])
 
 
