@@ -11,12 +11,18 @@ from rich.console import Console
 from typer._click.core import ParameterSource
 from typer._click.exceptions import NoArgsIsHelpError, UsageError
 
+from .config import default
 from .errors import MmpipeError
 from .extras import missing_extra, require
 from .jobs.config import with_config_file
+from .jobs.embed import EmbedConfig
+from .jobs.moderate import ModerateConfig
+from .jobs.runner import JobResult
 from .models.spec import DEFAULT_CLIP
 from .models.variants import PRECISION_HELP, RUNTIME_HELP
-from .jobs.runner import JobResult
+from .serve.config import Embeddings, Moderation, ServeConfig
+from .serve.route_config import RouteConfig
+from .tune.sweep import TuneOptions
 
 # What each task of `mmpipe tune` runs needs, beyond the tune extra.
 TUNE_EXTRAS = {"moderate": ("moderate",), "serve": ("serve",)}
@@ -40,54 +46,69 @@ def embed(
                                           "or an fsspec URL (s3://…) of any of these."),
     out: str = typer.Option(..., "--out", "-o", help="Output folder for part-*.parquet shards."),
     config: Optional[str] = typer.Option(None, help=CONFIG_HELP),
-    model: str = typer.Option(DEFAULT_CLIP, help="hf:<repo-or-dir>, "
+    model: str = typer.Option(default(EmbedConfig, "model"), help="hf:<repo-or-dir>, "
                               "path:<dir> (local safetensors checkpoint) or random:ViT-B-32 (benchmarks)."),
-    batch_size: int = typer.Option(16, help="Images (and texts) per forward pass."),
+    batch_size: int = typer.Option(default(EmbedConfig, "batch_size"),
+                                   help="Images (and texts) per forward pass."),
     decode_workers: Optional[int] = typer.Option(None, help="Workers reading, decoding and preprocessing "
                                                  "images (default: one per usable core)."),
-    decode_processes: bool = typer.Option(True, help="Decode in worker processes that write finished "
-                                          "crops into shared memory, so that this process only feeds the "
-                                          "model (and a decoder crash costs one error row); "
-                                          "--no-decode-processes: threads in this process."),
-    read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", help=PRECISION_HELP + "."),
-    runtime: str = typer.Option("eager", help=RUNTIME_HELP + "."),
-    min_cosine: float = typer.Option(0.99, help="Accuracy gate: refuse a variant whose vectors' mean cosine "
-                                     "to eager fp32 on a fixed evaluation set is lower."),
+    decode_processes: bool = typer.Option(default(EmbedConfig, "decode_processes"),
+                                          help="Decode in worker processes that write finished "
+                                               "crops into shared memory, so that this process only feeds the "
+                                               "model (and a decoder crash costs one error row); "
+                                               "--no-decode-processes: threads in this process."),
+    read_workers: int = typer.Option(default(EmbedConfig, "read_workers"),
+                                     help="Threads per decode worker reading URLs and object stores."),
+    device: str = typer.Option(default(EmbedConfig, "device"), help="cpu, cuda or cuda:N."),
+    precision: str = typer.Option(default(EmbedConfig, "precision"), help=PRECISION_HELP + "."),
+    runtime: str = typer.Option(default(EmbedConfig, "runtime"), help=RUNTIME_HELP + "."),
+    min_cosine: float = typer.Option(default(EmbedConfig, "min_cosine"),
+                                     help="Accuracy gate: refuse a variant whose vectors' mean cosine "
+                                          "to eager fp32 on a fixed evaluation set is lower."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
-    overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
-    shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
+    overwrite: bool = typer.Option(default(EmbedConfig, "overwrite"),
+                                   help="Replace earlier output in --out instead of resuming."),
+    shard_size: int = typer.Option(default(EmbedConfig, "shard_size"), help="Rows per Parquet shard."),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with captions."),
-    allow_private_urls: bool = typer.Option(False, help="Allow URLs to loopback/private addresses and file://."),
-    max_pixels: int = typer.Option(64_000_000, help="Refuse images with more pixels (decompression bombs)."),
-    max_bytes: int = typer.Option(64 * 1024 * 1024, help="Refuse input files larger than this."),
-    fast_decode: bool = typer.Option(True, help="Let the JPEG decoder downscale large photos (faster)."),
-    allow_pickle: bool = typer.Option(False, help="Allow pickle (.bin) weights; they can run code."),
+    allow_private_urls: bool = typer.Option(default(EmbedConfig, "allow_private_urls"),
+                                            help="Allow URLs to loopback/private addresses and file://."),
+    max_pixels: int = typer.Option(default(EmbedConfig, "max_pixels"),
+                                   help="Refuse images with more pixels (decompression bombs)."),
+    max_bytes: int = typer.Option(default(EmbedConfig, "max_bytes"),
+                                  help="Refuse input files larger than this."),
+    fast_decode: bool = typer.Option(default(EmbedConfig, "fast_decode"),
+                                     help="Let the JPEG decoder downscale large photos (faster)."),
+    allow_pickle: bool = typer.Option(default(EmbedConfig, "allow_pickle"),
+                                      help="Allow pickle (.bin) weights; they can run code."),
     storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable), "
                                              "e.g. endpoint_url=http://…"),
-    pipeline_stages: int = typer.Option(1, help="Split the image tower into K parts balanced by measured "
-                                        "layer time, one worker each, streaming micro-batches."),
-    model_replicas: int = typer.Option(1, help="Model workers per device sharing one copy of the weights; "
-                                       "on a GPU each has its own CUDA stream and pinned buffer, so one's "
-                                       "copies overlap another's forward pass."),
+    pipeline_stages: int = typer.Option(default(EmbedConfig, "pipeline_stages"),
+                                        help="Split the image tower into K parts balanced by measured "
+                                             "layer time, one worker each, streaming micro-batches."),
+    model_replicas: int = typer.Option(default(EmbedConfig, "model_replicas"),
+                                       help="Model workers per device sharing one copy of the weights; "
+                                            "on a GPU each has its own CUDA stream and pinned buffer, so one's "
+                                            "copies overlap another's forward pass."),
     devices: Optional[str] = typer.Option(None, help="GPUs for the model workers, e.g. cuda:0,cuda:2 "
                                           "(default with --device cuda: every visible GPU, one worker "
                                           "each times --model-replicas, fed by one decode pool)."),
-    decode_device: str = typer.Option("auto", help="cpu, cuda (JPEGs decoded with nvJPEG on the model's "
-                                      "GPU; other formats and files it cannot take on the CPU) or auto "
-                                      "(cuda when the model is on CUDA and a GPU JPEG decoder is installed)."),
+    decode_device: str = typer.Option(default(EmbedConfig, "decode_device"),
+                                      help="cpu, cuda (JPEGs decoded with nvJPEG on the model's GPU; "
+                                           "other formats and files it cannot take on the CPU) or auto "
+                                           "(cuda when the model is on CUDA and a GPU JPEG decoder is "
+                                           "installed)."),
     price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: "
                                                    "stats.json and the summary give the cost per million items."),
-    engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
+    engine: str = typer.Option(default(EmbedConfig, "engine"),
+                               help="local (threads in this process) or ray (a Ray cluster)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
                                               "none to join a running cluster or start a local one."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Embed images and captions with CLIP into Parquet shards (resumable)."""
-    from .jobs.embed import EmbedConfig, embed as run
+    from .jobs.embed import embed as run
 
     options = dict(input=input, out=out, model=model, batch_size=batch_size, decode_workers=decode_workers,
                  decode_processes=decode_processes, read_workers=read_workers, device=device,
@@ -115,46 +136,60 @@ def moderate(
                                          "escalation). Default: the policy shipped with mmpipe."),
     clip_model: Optional[str] = typer.Option(None, help="CLIP checkpoint for zero-shot (source: clip) "
                                              "categories, e.g. path:DIR."),
-    fps: float = typer.Option(1.0, help="Video frames sampled per second."),
-    max_frames: int = typer.Option(64, help="At most this many frames per video (longer videos are capped)."),
-    max_side: int = typer.Option(640, help="Frames are scaled down to this long side before the models."),
-    ocr: bool = typer.Option(True, help="Read text in images and video frames (PP-OCR) and moderate it."),
-    ocr_workers: int = typer.Option(2, help="OCR readers in parallel (OCR is the slowest model)."),
+    fps: float = typer.Option(default(ModerateConfig, "fps"), help="Video frames sampled per second."),
+    max_frames: int = typer.Option(default(ModerateConfig, "max_frames"),
+                                   help="At most this many frames per video (longer videos are capped)."),
+    max_side: int = typer.Option(default(ModerateConfig, "max_side"),
+                                 help="Frames are scaled down to this long side before the models."),
+    ocr: bool = typer.Option(default(ModerateConfig, "ocr"),
+                             help="Read text in images and video frames (PP-OCR) and moderate it."),
+    ocr_workers: int = typer.Option(default(ModerateConfig, "ocr_workers"),
+                                    help="OCR readers in parallel (OCR is the slowest model)."),
     escalate: Optional[bool] = typer.Option(None, help="Send uncertain items to the policy's LLM judge "
                                             "(default: as the policy says)."),
     judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL of the judge (…/v1)."),
-    batch_size: int = typer.Option(16, help="Items per open_nsfw / CLIP batch."),
-    nsfw_precision: str = typer.Option("fp32", help="open_nsfw precision: fp32, or int8 (quantised "
-                                       "by onnxruntime, cached, refused if its decisions at the "
-                                       "policy's thresholds flip on more than 0.5% of a fixed "
-                                       "evaluation set)."),
+    batch_size: int = typer.Option(default(ModerateConfig, "batch_size"),
+                                   help="Items per open_nsfw / CLIP batch."),
+    nsfw_precision: str = typer.Option(default(ModerateConfig, "nsfw_precision"),
+                                       help="open_nsfw precision: fp32, or int8 (quantised "
+                                            "by onnxruntime, cached, refused if its decisions at the "
+                                            "policy's thresholds flip on more than 0.5% of a fixed "
+                                            "evaluation set)."),
     decode_workers: Optional[int] = typer.Option(None, help="Workers reading and decoding images, videos "
                                                  "and texts (default: one per usable core)."),
-    decode_processes: bool = typer.Option(True, help="Decode in worker processes, so that this process "
-                                          "only feeds the models (and a decoder crash costs one error "
-                                          "row); --no-decode-processes: threads in this process."),
-    read_workers: int = typer.Option(8, help="Threads per decode worker reading URLs and object stores."),
-    model_threads: int = typer.Option(1, help="Threads per model (ONNX Runtime intra-op)."),
+    decode_processes: bool = typer.Option(default(ModerateConfig, "decode_processes"),
+                                          help="Decode in worker processes, so that this process "
+                                               "only feeds the models (and a decoder crash costs one error "
+                                               "row); --no-decode-processes: threads in this process."),
+    read_workers: int = typer.Option(default(ModerateConfig, "read_workers"),
+                                     help="Threads per decode worker reading URLs and object stores."),
+    model_threads: int = typer.Option(default(ModerateConfig, "model_threads"),
+                                      help="Threads per model (ONNX Runtime intra-op)."),
     price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: "
                                                    "stats.json and the summary give the cost per million items."),
     limit: Optional[int] = typer.Option(None, help="Only the first N items of INPUT."),
-    overwrite: bool = typer.Option(False, help="Replace earlier output in --out instead of resuming."),
-    shard_size: int = typer.Option(10_000, help="Rows per Parquet shard."),
+    overwrite: bool = typer.Option(default(ModerateConfig, "overwrite"),
+                                   help="Replace earlier output in --out instead of resuming."),
+    shard_size: int = typer.Option(default(ModerateConfig, "shard_size"), help="Rows per Parquet shard."),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
-    allow_private_urls: bool = typer.Option(False, help="Allow URLs to loopback/private addresses and file://."),
-    max_pixels: int = typer.Option(64_000_000, help="Refuse images/frames with more pixels."),
-    max_bytes: int = typer.Option(64 * 1024 * 1024, help="Refuse input files larger than this."),
+    allow_private_urls: bool = typer.Option(default(ModerateConfig, "allow_private_urls"),
+                                            help="Allow URLs to loopback/private addresses and file://."),
+    max_pixels: int = typer.Option(default(ModerateConfig, "max_pixels"),
+                                   help="Refuse images/frames with more pixels."),
+    max_bytes: int = typer.Option(default(ModerateConfig, "max_bytes"),
+                                  help="Refuse input files larger than this."),
     storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable)."),
-    engine: str = typer.Option("local", help="local (threads in this process) or ray (a Ray cluster)."),
+    engine: str = typer.Option(default(ModerateConfig, "engine"),
+                               help="local (threads in this process) or ray (a Ray cluster)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "
                                               "none to join a running cluster or start a local one."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Moderate images, videos and texts with a policy: scores, allow/review/block, report."""
     require("mmpipe moderate", "moderate")
-    from .jobs.moderate import ModerateConfig, moderate as run
+    from .jobs.moderate import moderate as run
 
     options = dict(input=input, out=out, policy=policy, clip_model=clip_model, fps=fps, max_frames=max_frames,
                  max_side=max_side, ocr=ocr, ocr_workers=ocr_workers, escalate=escalate,
@@ -174,17 +209,22 @@ def moderate(
 @app.command()
 def serve(
     config: Optional[str] = typer.Option(None, help="Serve config YAML (models, batching, replicas, limits)."),
-    host: Optional[str] = typer.Option(None, help="Address to listen on (default: 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default: 8000)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on "
+                                                  f"(default: {default(ServeConfig, 'host')})."),
+    port: Optional[int] = typer.Option(None, help=f"Port (default: {default(ServeConfig, 'port')})."),
     policy: Optional[str] = typer.Option(None, help="Moderation policy YAML (default: the shipped policy)."),
     embedding_model: Optional[str] = typer.Option(
         None, help="CLIP model for /v1/embeddings: path:DIR, hf:REPO or random:ViT-B-32 (default: none)."),
     search_index: Optional[str] = typer.Option(
         None, help="Index folder (made by 'mmpipe index') for /v1/search; its model also serves "
                    "/v1/embeddings unless --embedding-model names one (default: none)."),
-    max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch (default: 16, embeddings 32)."),
-    max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others (default: 5)."),
-    replicas: Optional[int] = typer.Option(None, help="Workers sharing one copy of the weights (default: 1)."),
+    max_batch_size: Optional[int] = typer.Option(None, help="Largest dynamic batch (default: "
+                                                 f"{default(Moderation, 'max_batch_size')}, embeddings "
+                                                 f"{default(Embeddings, 'max_batch_size')})."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="How long a request waits for others "
+                                                f"(default: {default(Moderation, 'max_wait_ms'):g})."),
+    replicas: Optional[int] = typer.Option(None, help="Workers sharing one copy of the weights "
+                                           f"(default: {default(Moderation, 'replicas')})."),
     max_inflight_per_replica: Optional[int] = typer.Option(
         None, help="Requests one batch may hold (1: one at a time) (default: no limit)."),
 ) -> None:
@@ -247,12 +287,15 @@ def tune(
                               "(path:DIR, hf:REPO, random:ViT-B-32); for moderate, any label (its models "
                               "come from the policy)."),
     task: str = typer.Option(..., help="embed, moderate or serve."),
-    budget_minutes: float = typer.Option(10.0, help="Stop starting trials after this long."),
+    budget_minutes: float = typer.Option(default(TuneOptions, "budget_minutes"),
+                                         help="Stop starting trials after this long."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Results folder (default: ./tune-TASK)."),
-    items: int = typer.Option(64, help="Sample items each job trial runs on."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    min_cosine: float = typer.Option(0.99, help="Embedding accuracy gate (mean cosine to eager fp32)."),
-    rate: float = typer.Option(20.0, help="serve: offered requests/s (Poisson) in every trial."),
+    items: int = typer.Option(default(TuneOptions, "items"), help="Sample items each job trial runs on."),
+    device: str = typer.Option(default(TuneOptions, "device"), help="cpu, cuda or cuda:N."),
+    min_cosine: float = typer.Option(default(TuneOptions, "min_cosine"),
+                                     help="Embedding accuracy gate (mean cosine to eager fp32)."),
+    rate: float = typer.Option(default(TuneOptions, "rate"),
+                               help="serve: offered requests/s (Poisson) in every trial."),
     price_per_hour: Optional[float] = typer.Option(None, help="What the machine costs, USD an hour: each "
                                                    "trial gets its cost per million items, and the cheapest wins."),
     progress: Optional[bool] = typer.Option(None, help="A line per trial on stderr (default: on)."),
@@ -272,8 +315,9 @@ def tune(
 def route(
     config: str = typer.Option(..., help="Route config YAML: backends in order of preference, "
                                          "spill threshold, probes."),
-    host: Optional[str] = typer.Option(None, help="Address to listen on (default: 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default: 8080)."),
+    host: Optional[str] = typer.Option(None, help="Address to listen on "
+                                                  f"(default: {default(RouteConfig, 'host')})."),
+    port: Optional[int] = typer.Option(None, help=f"Port (default: {default(RouteConfig, 'port')})."),
 ) -> None:
     """Route OpenAI-style requests over several mmpipe servers: preferred first, spill when busy, fail over."""
     require("mmpipe route", "serve")

@@ -7,7 +7,7 @@ flag, the field and the reason. Job configs, policies, ``serve`` and ``route`` s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -78,6 +78,12 @@ def config_error(exc: ValidationError, source: str = "config", flag_of: FlagOf =
         return ConfigError(flag, message)
     path = _path(loc, plain)
     return ConfigError(source, f"{path}: {message}" if path else message)
+
+
+def default(model: type[BaseModel], field: str) -> Any:
+    """``model``'s default for ``field``, so that a command-line option uses (and its --help
+    shows) the config's own rather than a copy."""
+    return model.model_fields[field].get_default(call_default_factory=False)
 
 
 def job_flag(loc: tuple) -> str:

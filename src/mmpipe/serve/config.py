@@ -27,8 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import read_yaml, validate
+from ..config import default, read_yaml, validate
 from ..decode.image import DEFAULT_MAX_PIXELS
+from ..models.accuracy import Gate
 from ..models.variants import Precision, Runtime
 
 _STRICT = ConfigDict(extra="forbid", protected_namespaces=())
@@ -82,7 +83,8 @@ class Embeddings(Batching):
     device: str = "cpu"
     precision: Precision = "fp32"  # as `mmpipe embed --precision`
     runtime: Runtime = "eager"  # as `mmpipe embed --runtime`
-    min_cosine: float = Field(0.99, ge=-1, le=1)  # the accuracy gate, as `mmpipe embed --min-cosine`
+    # The accuracy gate, as `mmpipe embed --min-cosine`.
+    min_cosine: float = Field(default(Gate, "min_mean_cosine"), ge=-1, le=1)
     allow_pickle: bool = False
     # Matryoshka-trained models keep their meaning when cut short; CLIP does not, so a request's
     # `dimensions` is refused unless this is set.

@@ -17,8 +17,10 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import default
 from ..engine.stats import usd_per_million
 from ..errors import ConfigError
+from ..models.accuracy import Gate
 
 GAIN = 0.05  # a larger batch must beat the last one by this much, or the growth stops
 FAR_BELOW = 4  # batch sizes below best / FAR_BELOW are not tried for later variants
@@ -84,7 +86,7 @@ class TuneOptions(BaseModel):
     out: str | None = None  # default: ./tune-<task>
     items: int = Field(64, ge=4, le=100_000)  # sample items per job trial
     device: str = "cpu"
-    min_cosine: float = Field(0.99, ge=-1, le=1)  # the embedding accuracy gate
+    min_cosine: float = Field(default(Gate, "min_mean_cosine"), ge=-1, le=1)  # the embedding accuracy gate
     rate: float = Field(20.0, gt=0)  # serve: offered requests/s
     seconds: float = Field(3.0, gt=0)  # serve: measured seconds per trial
     # Restrict the sweep (tests, quick looks): "fp32 eager", "int8 onnx" …; batch sizes to try.
