@@ -55,17 +55,13 @@ class JobConfig(BaseModel):
 
     @classmethod
     def build(cls, **values):
-        return build_config(cls, values)
+        """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
+        return validate(cls, values, flag_of=job_flag)
 
     def source_options(self, kinds: frozenset[str] = frozenset({"image"})) -> SourceOptions:
         return SourceOptions(kinds=kinds, id_column=self.id_column, image_column=self.image_column,
                              text_column=self.text_column, storage_options=self.storage_options,
                              allow_private_urls=self.allow_private_urls, max_bytes=self.max_bytes)
-
-
-def build_config(cls: type[BaseModel], values: dict):
-    """Validate, turning pydantic's errors into one ConfigError naming the CLI flag."""
-    return validate(cls, values, flag_of=job_flag)
 
 
 def with_config_file(cls: type[JobConfig], path: str | None, options: dict, given: set[str]) -> dict:
