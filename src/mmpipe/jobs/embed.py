@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from ..config import default
 from ..errors import ConfigError
 from ..engine import Engine, make_engine
 from ..models import DEFAULT_CLIP, LoadedEmbedder, load_embedder
@@ -34,7 +35,7 @@ class EmbedConfig(JobConfig):
     precision: Precision = "fp32"
     runtime: Runtime = "eager"
     # The accuracy gate: a variant whose vectors' mean cosine to eager fp32 is lower is refused.
-    min_cosine: float = Field(0.99, ge=-1, le=1)
+    min_cosine: float = Field(default(Gate, "min_mean_cosine"), ge=-1, le=1)
     # JPEG DCT-domain downscaling while decoding, and resizing only the crop (see
     # stages.embedding_batches.image_crop); off for bit-exact reference preprocessing.
     fast_decode: bool = True
