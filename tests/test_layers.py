@@ -25,6 +25,21 @@ def test_the_import_contracts_hold():
     assert "0 broken" in run.stdout and "2 kept" in run.stdout, run.stdout
 
 
+def test_every_top_level_module_has_a_layer():
+    """A module the layers contract does not name is bound by nothing: a new one must be placed."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".importlinter")
+    placed = {name.strip() for line in config["importlinter:contract:layers"]["layers"].split("\n")
+              for name in line.split("|") if name.strip()}
+    package = ROOT / "src" / "mmpipe"
+    modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
+    modules |= {p.parent.name for p in package.glob("*/__init__.py")}
+    assert modules - placed == set(), "not in any layer of .importlinter"
+    assert placed - modules == set(), "layers name modules that do not exist"
+
+
 def test_no_module_import_cycles():
     # As .importlinter: imports under `if TYPE_CHECKING:` only name types, and never run.
     graph = grimp.build_graph("mmpipe", exclude_type_checking_imports=True)
