@@ -1,0 +1,5 @@
+"""``python -m mmpipe.cli``."""
+
+from . import main
+
+main()
