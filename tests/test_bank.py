@@ -95,6 +95,7 @@ def test_unrelated_photos_do_not_match(bank):
     assert (distance > 31).all(), distance.tolist()
 
 
+@pytest.mark.slow
 def test_csv_import_round_trip_and_a_bad_row_is_one_line_naming_it(tmp_path):
     pdq, phash = "f" * 48 + "0" * 16, "a1" * 8
     good = tmp_path / "good.csv"
@@ -150,6 +151,7 @@ def test_moderation_flags_edited_copies_and_video_frames_and_reports_the_entry(b
     assert json.loads(rows["clip.mp4"]["bank_match"])[0]["time_s"] >= 2.0
 
 
+@pytest.mark.slow
 def test_a_missing_bank_stops_the_job_before_it_starts(tmp_path):
     policy = tmp_path / "policy.yaml"
     policy.write_text(f"categories:\n  - name: known-bad\n    source: bank\n    bank: {tmp_path / 'nope'}\n"
@@ -197,6 +199,7 @@ def _unrelated() -> list[Image.Image]:
             if source.file not in BANKED]
 
 
+@pytest.mark.slow
 def test_a_clip_bank_records_its_model_and_a_vector_per_file(clip_bank, tiny_clip):
     banked = open_bank(clip_bank)
     assert banked.info()["clip"] == {"model": f"path:{tiny_clip.resolve()}", "dim": 16, "vectors": 7}
@@ -206,6 +209,7 @@ def test_a_clip_bank_records_its_model_and_a_vector_per_file(clip_bank, tiny_cli
     assert banked.hashes("pdq")[0].tolist() == list(range(len(banked)))  # hashes as before
 
 
+@pytest.mark.slow
 def test_copies_match_by_clip_similarity_and_unrelated_photos_do_not(clip_bank, photos, tiny_model_spec):
     from mmpipe.bank import VectorMatcher
     from mmpipe.models import load_embedder
@@ -228,6 +232,7 @@ def test_copies_match_by_clip_similarity_and_unrelated_photos_do_not(clip_bank, 
     assert (similarity < TINY_CLIP_COPY).all(), similarity.tolist()
 
 
+@pytest.mark.slow
 def test_adding_with_another_model_names_both_and_changes_nothing(clip_bank, photos, tiny_clip, tmp_path):
     import shutil
 
@@ -282,6 +287,7 @@ def test_clip_category_misuse_is_a_policy_error(tmp_path, clip_bank, extra, erro
         load_policy(str(pdq_with_similarity))
 
 
+@pytest.mark.slow
 def test_a_clip_category_needs_a_bank_with_vectors_and_the_banks_model(tmp_path, bank, clip_bank, tiny_clip):
     from mmpipe.bank import BankError
 
@@ -323,6 +329,7 @@ def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_t
                for r in rows["copy.jpg"]["reasons"])
 
 
+@pytest.mark.slow
 def test_a_siglip_bank_and_siglip_zero_shot_in_one_moderation_run(photos, tiny_siglip_spec, tmp_path):
     """hash: clip banks and source: clip categories take any image-text embedder's vectors."""
     bank_path = tmp_path / "siglip-bank"

@@ -98,6 +98,7 @@ def failing(kind: str, url: str, **options: Any) -> tuple[Exception, float]:
 KINDS = pytest.mark.parametrize("kind", ["sync", "async"])
 
 
+@pytest.mark.slow
 @KINDS
 def test_429_waits_at_least_retry_after(serve, kind):
     script, url = serve(Step(429, {"Retry-After": "1"}), Step(429, {"Retry-After": "1"}))
@@ -244,6 +245,7 @@ def test_backoff_delay_is_full_jitter_under_the_cap():
     assert backoff_delay(10_000, 0.1, 1.0) <= 1.0  # no overflow after very many retries
 
 
+@pytest.mark.slow
 def test_round_trip_with_the_real_moderation_server():
     from mmpipe.serve.app import create_app
     from mmpipe.serve.config import ServeConfig

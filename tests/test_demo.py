@@ -9,6 +9,7 @@ from mmpipe.demo import describe_output, run_demo
 pytest.importorskip("skimage")
 
 
+@pytest.mark.slow
 def test_run_demo_embeds_samples_and_resumes(tmp_path, tiny_model_spec):
     lines = []
     result = run_demo(tmp_path / "demo", n=12, model=tiny_model_spec, progress=False,
@@ -28,6 +29,7 @@ def test_run_demo_embeds_samples_and_resumes(tmp_path, tiny_model_spec):
     assert not again.made_images and (again.job.ok, again.job.errors, again.job.skipped) == (0, 0, 14)
 
 
+@pytest.mark.slow
 def test_run_demo_falls_back_in_one_line_when_the_model_cannot_load(tmp_path, tiny_model_spec):
     lines = []
     result = run_demo(tmp_path / "demo", n=3, model=f"path:{tmp_path / 'missing'}",
@@ -38,12 +40,14 @@ def test_run_demo_falls_back_in_one_line_when_the_model_cannot_load(tmp_path, ti
     assert len(fallback_lines) == 1 and "could not load" in fallback_lines[0]
 
 
+@pytest.mark.slow
 def test_run_demo_without_fallback_raises(tmp_path):
     with pytest.raises(mmpipe.ModelLoadError):
         run_demo(tmp_path / "demo", n=2, model=f"path:{tmp_path / 'missing'}", progress=False,
                  moderation=False, notify=lambda line: None)
 
 
+@pytest.mark.slow
 def test_demo_command_moderates_the_sample_set_for_real(tmp_path, tiny_model_spec, capsys):
     main(["demo", "--out", str(tmp_path / "d"), "--n", "4", "--model", tiny_model_spec, "--no-progress"])
     stderr = capsys.readouterr().err

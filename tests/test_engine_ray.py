@@ -22,6 +22,8 @@ from tests.conftest import assert_same_rows, by_id, kill_at_commit_depths, photo
 from tests.e2e.test_cli import run_cli  # noqa: E402
 from tests.test_moderate import media  # noqa: E402,F401 - the moderation test media, reused
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def cluster():

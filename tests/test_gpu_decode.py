@@ -140,6 +140,7 @@ def test_the_model_stage_decodes_jpegs_and_fails_only_the_broken_one(clip, files
     assert cosine > 0.999
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_nvjpeg_on_the_gpu_matches_the_cpu_path(clip, files):
     from mmpipe.decode.gpu import nvjpeg_backend
@@ -156,6 +157,7 @@ def test_nvjpeg_on_the_gpu_matches_the_cpu_path(clip, files):
     assert agreement(images, load_embedder("random:ViT-B-32", "cuda").make_embedder().embed_images)["mean_cosine"] >= MIN_AGREEMENT
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_an_embed_job_decodes_on_the_gpu_and_records_the_agreement(image_dir, tiny_model_spec, tmp_path):
     result = mmpipe.embed(str(image_dir), str(tmp_path / "out"), model=tiny_model_spec, device="cuda",

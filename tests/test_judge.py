@@ -150,6 +150,7 @@ def test_5xx_and_dropped_connections_are_retried(server):
     assert (verdict.status, verdict.action, verdict.attempts) == ("ok", "allow", 3)
 
 
+@pytest.mark.slow
 def test_429_honours_retry_after(server):
     server.then(429, "slow down", {"Retry-After": "1"}).then(content='{"action": "allow"}')
     start = time.monotonic()

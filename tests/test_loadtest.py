@@ -58,6 +58,7 @@ def serving(app) -> Iterator[RunningServer]:
         server.stop()
 
 
+@pytest.mark.slow
 def test_sends_rate_times_duration_and_times_each_request_from_its_schedule():
     app = scripted_app(0.05)
     with serving(app) as server:
@@ -73,6 +74,7 @@ def test_sends_rate_times_duration_and_times_each_request_from_its_schedule():
     assert {body["input"] for body in app.state.bodies} <= set(COMMENTS)
 
 
+@pytest.mark.slow
 def test_a_slow_server_does_not_slow_the_sender():
     """Open loop: the same seed sends the same requests however slowly they are answered, and
     the queue they build up is in the latencies (a closed loop would report ~100 ms)."""
@@ -88,6 +90,7 @@ def test_a_slow_server_does_not_slow_the_sender():
     assert 7 <= slow.throughput <= 12 and slow.elapsed_s >= 0.1 * slow.sent
 
 
+@pytest.mark.slow
 def test_refused_requests_are_counted_by_status():
     with serving(scripted_app(refuse_every_other=True)) as server:
         result = run_load(server.url, "embeddings", 40, 1.0, seed=2, progress=False)
@@ -98,6 +101,7 @@ def test_refused_requests_are_counted_by_status():
     assert result.url.endswith("/v1/embeddings")
 
 
+@pytest.mark.slow
 def test_requests_past_the_timeout_are_awaited_and_counted_as_timeouts():
     with serving(scripted_app(1.0)) as server:
         result = run_load(server.url, "moderations", 10, 0.5, timeout_s=0.2, seed=0, progress=False)
@@ -107,6 +111,7 @@ def test_requests_past_the_timeout_are_awaited_and_counted_as_timeouts():
     assert any("no request got a 200" in line for line in problems([result]))
 
 
+@pytest.mark.slow
 def test_warmup_requests_are_sent_but_not_counted():
     app = scripted_app()
     with serving(app) as server:
@@ -115,6 +120,7 @@ def test_warmup_requests_are_sent_but_not_counted():
     assert result.statuses == {"200": result.sent}
 
 
+@pytest.mark.slow
 def test_batches_models_and_input_files_shape_the_bodies(tmp_path):
     app = scripted_app()
     jsonl = tmp_path / "bodies.jsonl"
@@ -147,6 +153,7 @@ def test_a_bad_input_file_is_named(tmp_path, text, message):
     assert message in str(exc.value)
 
 
+@pytest.mark.slow
 def test_a_sweep_writes_json_and_a_png(tmp_path):
     with serving(scripted_app(refuse_every_other=True)) as server:
         results = run_sweep(server.url, "moderations", [10, 20], 0.5, progress=False)
@@ -165,6 +172,7 @@ def test_a_sweep_writes_json_and_a_png(tmp_path):
         assert image.width > 600 and image.height > 400
 
 
+@pytest.mark.slow
 def test_the_real_moderation_server_answers_every_request():
     from mmpipe.serve.app import create_app
     from mmpipe.serve.config import ServeConfig
@@ -175,6 +183,7 @@ def test_the_real_moderation_server_answers_every_request():
     assert result.ok_latency.p50_ms > 0 and result.throughput > 0
 
 
+@pytest.mark.slow
 def test_the_cli_runs_a_sweep_and_writes_its_files(tmp_path):
     with serving(scripted_app()) as server:
         result = CliRunner().invoke(cli_app, [

@@ -73,6 +73,7 @@ def test_the_cpu_feed_stacks_plainly():
         pass
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_each_thread_feeds_the_gpu_from_its_own_pinned_buffer_and_stream():
     feed = DeviceFeed(torch.device("cuda"))

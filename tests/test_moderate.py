@@ -49,6 +49,7 @@ def moderated(media, tmp_path_factory):
     return result, rows, out
 
 
+@pytest.mark.slow
 def test_every_item_is_one_row(moderated, media):
     result, rows, _ = moderated
     expected = {"insult.jpg", "friendly.jpg", "plain.png", "captioned.png", "overlay.mp4", "broken.mp4",
@@ -161,6 +162,7 @@ def test_bad_policy_is_exit_2_one_line(media, tmp_path):
     assert proc.stderr.strip() == "mmpipe: error: strict.yaml: categories[0]: block (0.1) must be >= review (0.9)"
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_keeps_every_id_once(tmp_path):
     folder = tmp_path / "many"
     folder.mkdir()

@@ -24,6 +24,9 @@ from mmpipe.serve.config import load_serve_config
 from mmpipe.models.accuracy import AccuracyGateError, Gate
 from tests.conftest import RunningServer, photo
 
+# Every test here needs open_nsfw quantised to INT8 (a module fixture of several seconds).
+pytestmark = pytest.mark.slow
+
 # Measured on the evaluation set (onnxruntime 1.32, static QDQ): |int8 - fp32| at most 0.108,
 # 0.0059 on average, no flips at 0.4 / 0.8; other calibration seeds gave 0.11-0.16 and 0.0055-0.006.
 MAX_DIFF, MEAN_DIFF = 0.2, 0.01

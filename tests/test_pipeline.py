@@ -130,6 +130,7 @@ def test_stages_survive_cloudpickle(deep_spec):
         assert callable(cloudpickle.loads(cloudpickle.dumps(stage)).setup())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "7"])
 def test_cli_refuses_a_bad_count_with_exit_2(deep_spec, image_dir, tmp_path, value):
     proc = subprocess.run(

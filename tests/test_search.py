@@ -102,6 +102,7 @@ def test_reindexing_adds_new_shards_replaces_rewritten_ones_and_never_duplicates
     assert len(open_table(index).to_arrow()["id"].to_pylist()) == 11
 
 
+@pytest.mark.slow
 def test_ann_index_is_built_when_large_and_finds_what_the_exact_scan_finds(tmp_path, tiny_model_spec):
     # IVF-PQ trains 256 centroids per sub-vector, so it needs a few hundred rows.
     out = _embed(_images(tmp_path / "images", range(300)), tmp_path / "out", tiny_model_spec,
@@ -155,6 +156,7 @@ def test_html_results_embed_thumbnails(embedded, tmp_path):
     assert all(h.id in page for h in hits)
 
 
+@pytest.mark.slow
 def test_cli_index_and_search(embedded, tmp_path):
     index = tmp_path / "index"
     run = subprocess.run([*CLI, "index", str(embedded), "--to", str(index)], capture_output=True, text=True)

@@ -112,6 +112,7 @@ def test_bodies_over_the_cap_are_413(server):
     assert code == 413 and "limit" in answer["error"]["message"]
 
 
+@pytest.mark.slow
 def test_padded_batches_reuse_a_record_and_answer_as_unpadded(server):
     """Shape buckets pad a batch with its last item again (stages never change their inputs)."""
     s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=4, max_wait_ms=0,

@@ -151,6 +151,7 @@ def live_embedders() -> int:
         return sum(isinstance(o, TowerEmbedder) for o in gc.get_objects())
 
 
+@pytest.mark.slow
 def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):
     before = live_embedders()
     s = start(tiny_model_spec, replicas=4, max_wait_ms=0)
@@ -166,6 +167,7 @@ def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):
         s.stop()
 
 
+@pytest.mark.slow
 def test_the_packaged_minilm_serves_real_text_embeddings():
     from sentence_transformers import SentenceTransformer
 

@@ -101,6 +101,7 @@ def test_image_vectors_of_the_embed_job_match_the_reference(tiny_siglip, siglip_
         _assert_parity(_vectors(out, "image_embedding"), want, None if fast_decode else EXACT_ATOL)
 
 
+@pytest.mark.slow
 def test_text_vectors_of_the_cli_match_the_reference(tiny_siglip_spec, siglip_reference, tmp_path):
     manifest = tmp_path / "texts.jsonl"
     manifest.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))

@@ -384,6 +384,7 @@ def s3(s3_endpoint, monkeypatch, request):
     return client, options, bucket
 
 
+@pytest.mark.slow
 def test_s3_folder_and_manifest(s3, tiny_model_spec, tmp_path):
     client, options, bucket = s3
     for i in range(4):

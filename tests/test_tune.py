@@ -31,6 +31,7 @@ def tuned(tiny_model_spec, tmp_path_factory):
                        variants=["fp32 eager", "int8 eager", "bf16 eager"], progress=False)
 
 
+@pytest.mark.slow
 def test_tune_writes_rows_plot_and_best(tuned):
     assert {"json", "csv", "plot", "best"} <= tuned.files.keys()
     assert all(p.stat().st_size > 0 for p in tuned.files.values())
@@ -53,6 +54,7 @@ def test_a_variant_below_the_gate_is_a_row_with_its_figure(tuned):
     assert "mean cosine to fp32" in failed[0].reason and failed[0].accuracy["mean_cosine"] < 0.9999
 
 
+@pytest.mark.slow
 def test_best_yaml_round_trips_into_embed(tuned, tiny_model_spec, tmp_path):
     best_yaml = tuned.files["best"]
     samples = tuned.out / "work" / "samples"
@@ -183,6 +185,7 @@ def test_bad_tune_arguments_exit_2(capsys):
     assert len(lines) == 1 and lines[0].startswith("mmpipe: error: --task"), lines
 
 
+@pytest.mark.slow
 def test_serve_trials_run_a_real_server_process_and_stop_it(tiny_model_spec, tmp_path):
     from mmpipe.serve.process import serve_process
 

@@ -40,6 +40,7 @@ def build(spec: str, variant: Variant, gate: Gate = NO_GATE) -> EmbedderVariant:
     return gated_variant(load_embedder(spec, precision=variant.weights_precision), variant, gate)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(EXPECTED), ids=str)
 def test_each_variant_is_measured_against_fp32(tiny_model_spec, variant):
     clip = build(tiny_model_spec, variant)
@@ -79,6 +80,7 @@ def test_onnx_export_matches_eager_on_other_inputs(tiny_model_spec):
     assert {p.name for p in onnx_towers(clip, "fp32").values()} == {"image.fp32.onnx", "text.fp32.onnx"}
 
 
+@pytest.mark.slow
 def test_a_compiled_variant_runs_one_image_shape(tiny_model_spec):
     """Set up at the job's batch size; shorter and longer batches are padded and split to it, so
     that the job's last batch does not compile again."""

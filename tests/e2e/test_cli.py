@@ -13,6 +13,8 @@ import pytest
 import mmpipe
 from tests.conftest import assert_same_rows, by_id, kill_at_commit_depths, photo
 
+pytestmark = pytest.mark.e2e
+
 MMPIPE = [sys.executable, "-m", "mmpipe.cli"]
 
 
