@@ -25,31 +25,38 @@ TINY_IMAGE = 32
 def save_tiny_clip(folder: Path, vision_layers: int = 2, seed: int = 1234) -> Path:
     """A tiny CLIP (2 text layers, ``vision_layers`` image layers) saved as safetensors +
     tokenizer + preprocessor config, like a hub repo; ``seed`` picks its random weights."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from mmpipe.models.byte_tokenizer import byte_tokenizer
-
-    tokenizer = byte_tokenizer(max_length=32)
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
-           (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
-            ("pad_token_id", tokenizer.pad_token))}
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=32, **ids),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                           num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
+    return _save_tiny_pair(folder, "CLIP", 32, vision_layers, seed, {"projection_dim": 16}, {
         "image_processor_type": "CLIPImageProcessor",
         "size": {"shortest_edge": TINY_IMAGE}, "crop_size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
         "do_center_crop": True, "do_resize": True, "do_normalize": True, "do_rescale": True,
         "rescale_factor": 1 / 255, "resample": 3,
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+        "image_std": [0.26862954, 0.26130258, 0.27577711]})
+
+
+def _save_tiny_pair(folder: Path, family: str, tokens: int, vision_layers: int, seed: int,
+                    config: dict, preprocessor: dict) -> Path:
+    """transformers' ``{family}Model`` with two small towers and random weights (``seed``), the
+    byte tokenizer and ``preprocessor`` saved in ``folder`` as a hub repo holds them."""
+    import torch
+    import transformers
+
+    from mmpipe.models.byte_tokenizer import byte_tokenizer
+
+    tokenizer = byte_tokenizer(max_length=tokens)
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
+           (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
+            ("pad_token_id", tokenizer.pad_token))}
+    model_config = getattr(transformers, f"{family}Config")(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_attention_heads=2, num_hidden_layers=2, max_position_embeddings=tokens, **ids),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                           num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8),
+        **config)
+    torch.manual_seed(seed)
+    getattr(transformers, f"{family}Model")(model_config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
     return folder
 
 
@@ -106,29 +113,10 @@ SIGLIP_TOKENS = 16  # the tiny SigLIP's text length, every text padded to it
 def save_tiny_siglip(folder: Path, vision_layers: int = 2, seed: int = 4321) -> Path:
     """A tiny SigLIP saved like a hub repo (safetensors, tokenizer, preprocessor config): the
     second model family, loaded through the same ``path:`` spec as the tiny CLIP."""
-    import torch
-    from transformers import SiglipConfig, SiglipModel
-
-    from mmpipe.models.byte_tokenizer import byte_tokenizer
-
-    tokenizer = byte_tokenizer(max_length=SIGLIP_TOKENS)
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
-           (("bos_token_id", tokenizer.bos_token), ("eos_token_id", tokenizer.eos_token),
-            ("pad_token_id", tokenizer.pad_token))}
-    config = SiglipConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_attention_heads=2, num_hidden_layers=2,
-                         max_position_embeddings=SIGLIP_TOKENS, **ids),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                           num_hidden_layers=vision_layers, image_size=TINY_IMAGE, patch_size=8))
-    torch.manual_seed(seed)
-    SiglipModel(config).save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
+    return _save_tiny_pair(folder, "Siglip", SIGLIP_TOKENS, vision_layers, seed, {}, {
         "image_processor_type": "SiglipImageProcessor", "size": {"height": TINY_IMAGE, "width": TINY_IMAGE},
         "do_resize": True, "do_normalize": True, "do_rescale": True, "rescale_factor": 1 / 255,
-        "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
-    return folder
+        "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
 
 
 @pytest.fixture(scope="session")
