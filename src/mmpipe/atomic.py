@@ -27,10 +27,10 @@ def atomic_path(target: str | Path, *, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if durable:
-            _fsync(tmp, os.O_RDONLY)
+            _fsync(tmp)
         os.replace(tmp, target)
         if durable:
-            _fsync(target.parent, os.O_RDONLY)
+            _fsync(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -49,8 +49,8 @@ def write_bytes(target: str | Path, data: bytes, *, durable: bool = False) -> Pa
     return Path(target)
 
 
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a folder opens read-only too
     try:
         os.fsync(fd)
     finally:
