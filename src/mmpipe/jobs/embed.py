@@ -15,6 +15,7 @@ from ..config import default
 from ..errors import ConfigError
 from ..engine import Engine, make_engine
 from ..models import DEFAULT_CLIP, LoadedEmbedder, load_embedder
+from ..models.accuracy import Gate
 from ..models.gate import gated_embedder
 from ..models.variants import EmbedderVariant, Precision, Runtime, Variant
 from ..records import Record
@@ -22,7 +23,6 @@ from ..sources import open_source
 from ..stages.embedding import EmbeddingOptions, embedding_stages, model_devices, model_resources
 from ..stages.embedding_batches import crop_only
 from ..stages.gpu_images import MIN_AGREEMENT, GpuDecoding, agreement
-from ..models.accuracy import Gate
 from .config import JobConfig
 from .runner import JobResult, JobSpec, run_job
 
