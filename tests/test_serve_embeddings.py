@@ -218,3 +218,19 @@ def test_a_siglip_checkpoint_serves_texts_and_images(tiny_siglip_spec, siglip_re
         assert body["usage"]["prompt_tokens"] == len(siglip_reference.tokenizer("two dogs")["input_ids"])
     finally:
         s.stop()
+
+
+def test_the_benchmark_zero_model_serves_eager_fp32_only():
+    """``zeros:`` (no weights, zero vectors) is servable, for measuring the server around a
+    model; a precision or runtime variant of it is refused naming the field."""
+    from mmpipe.errors import ConfigError
+
+    s = start("zeros:ViT-B-32", name="zeros")
+    try:
+        status, _, body = s.post("/v1/embeddings", {"model": "zeros", "input": ["a", "b"]})
+        assert status == 200 and [len(d["embedding"]) for d in body["data"]] == [512, 512]
+        assert not any(any(d["embedding"]) for d in body["data"])
+    finally:
+        s.stop()
+    with pytest.raises(ConfigError, match=r"^embeddings\.precision: zeros: .* eager fp32 only"):
+        create_app(ServeConfig(embeddings=Embeddings(model="zeros:ViT-B-32", precision="int8")))

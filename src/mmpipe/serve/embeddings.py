@@ -55,13 +55,16 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
     e = config.embeddings
     spec = ModelSpec.parse(e.model, "embeddings.model")
     name = e.name or _default_name(str(spec))
-    if spec.kind == "random" or checkpoint_family(spec.local_dir()) is not None:
+    if spec.random_weights or checkpoint_family(spec.local_dir()) is not None:
         options = EmbeddingOptions(max_pixels=config.max_pixels, device=e.device)
         variant = Variant(e.precision, e.runtime)
         try:
             variant.check(e.device)
         except ConfigError as exc:  # named as the job's flag; here it is a field of the config
             raise ConfigError(f"embeddings.{exc.key}", exc.reason) from None
+        if spec.kind == "zeros" and not variant.is_reference:
+            raise ConfigError("embeddings.precision", "zeros: (a benchmark's model that returns zero "
+                                                      "vectors) runs eager fp32 only")
         loaded = load_embedder(spec, e.device, variant.weights_precision, e.allow_pickle)
         model = gated_embedder(loaded, variant, Gate(min_mean_cosine=e.min_cosine), options.batch_size,
                                partial(run_here, resources=model_resources(options)))
