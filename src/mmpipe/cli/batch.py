@@ -23,6 +23,14 @@ from .common import (
     print_summary,
 )
 
+FOLLOW_HELP = ("Keep following INPUT (a folder or fsspec prefix): files that appear later, and those not "
+               "yet committed, are processed, each exactly once, until SIGTERM or Ctrl-C (which "
+               "commits what is in flight).")
+SHARD_SECONDS_HELP = "With --follow: commit a shard at most this many seconds after its first row."
+SETTLE_HELP = ("With --follow: read a file only once its size has stayed the same for this many "
+               "seconds (a file still being written is never read half-way).")
+POLL_HELP = "With --follow: list INPUT again every this many seconds."
+
 
 def embed(
     ctx: typer.Context,
@@ -53,6 +61,10 @@ def embed(
     overwrite: bool = typer.Option(default(EmbedConfig, "overwrite"),
                                    help="Replace earlier output in --out instead of resuming."),
     shard_size: int = typer.Option(default(EmbedConfig, "shard_size"), help="Rows per Parquet shard."),
+    follow: bool = typer.Option(default(EmbedConfig, "follow"), help=FOLLOW_HELP),
+    shard_seconds: float = typer.Option(default(EmbedConfig, "shard_seconds"), help=SHARD_SECONDS_HELP),
+    settle_s: float = typer.Option(default(EmbedConfig, "settle_s"), help=SETTLE_HELP),
+    poll_s: float = typer.Option(default(EmbedConfig, "poll_s"), help=POLL_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with captions."),
@@ -104,6 +116,7 @@ def embed(
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  model_replicas=model_replicas, engine=engine, ray_address=ray_address,
                  devices=devices, decode_device=decode_device, price_per_hour=price_per_hour,
+                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s,
                  storage_options=parse_storage_options(storage_option))
     result = run(progress=progress, **with_config_file(EmbedConfig, config, auto(options), given(ctx)))
     print_summary("embedded", result)
@@ -154,6 +167,10 @@ def moderate(
     overwrite: bool = typer.Option(default(ModerateConfig, "overwrite"),
                                    help="Replace earlier output in --out instead of resuming."),
     shard_size: int = typer.Option(default(ModerateConfig, "shard_size"), help="Rows per Parquet shard."),
+    follow: bool = typer.Option(default(ModerateConfig, "follow"), help=FOLLOW_HELP),
+    shard_seconds: float = typer.Option(default(ModerateConfig, "shard_seconds"), help=SHARD_SECONDS_HELP),
+    settle_s: float = typer.Option(default(ModerateConfig, "settle_s"), help=SETTLE_HELP),
+    poll_s: float = typer.Option(default(ModerateConfig, "poll_s"), help=POLL_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
@@ -183,6 +200,7 @@ def moderate(
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
+                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s,
                  storage_options=parse_storage_options(storage_option))
     result = run(progress=progress, **with_config_file(ModerateConfig, config, auto(options), given(ctx)))
     print_summary("moderated", result)

@@ -44,6 +44,9 @@ def print_summary(verb: str, result: JobResult) -> None:
               + (f", {result.skipped} already done" if result.skipped else "")
               + (f", {result.duplicates} duplicate ids ignored" if result.duplicates else "")
               + f" → {result.out}{random}")
+    if result.latency_s:
+        err.print("latency (file written → shard committed): " + ", ".join(
+            f"{q} {v:.2f} s" for q, v in result.latency_s.items()), markup=False)
     if result.cost:
         err.print(f"cost: ${result.cost['usd_per_million_items']:,.4g} per million items at "
                   f"${result.cost['price_per_hour']:g}/h (the whole run, model setup included)", markup=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import queue
+import signal
 import threading
 import time
 from collections import deque
@@ -158,6 +159,9 @@ class ChildProcess:
 
 
 def _child_main(recipe: bytes, inbox, outbox, shared: tuple[ArrayField, int] | None) -> None:
+    # Ctrl-C reaches the terminal's whole process group: the parent decides what it stops (a
+    # follower finishes its in-flight batches, which need this process alive).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fn = pickle.loads(recipe)()
     slabs = SlabReader(*shared) if shared else None
     # A thread empties the pipe into a queue, so that the parent's next batch never waits for

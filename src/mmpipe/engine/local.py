@@ -23,6 +23,7 @@ from ..stage import BatchFn, Resources, Stage
 from .child_process import DEPTH, ChildProcess, shipped_setup
 from .slabs import SlabPool
 from .stats import EngineStats, StageStats
+from .streaming import IDLE, Stream, lingering
 
 _END = object()
 T = TypeVar("T")
@@ -49,14 +50,17 @@ class LocalEngine:
         records: Iterable[Record],
         stages: Sequence[Stage],
         consume: Callable[[Chunk], None],
+        stream: Stream | None = None,
     ) -> EngineStats:
         """Push ``records`` through ``stages``; ``consume`` gets every result, a chunk at a time,
-        in this thread."""
+        in this thread. ``stream``: ``records`` is endless (see engine.streaming)."""
         stop = threading.Event()
         errors: list[BaseException] = []
         queues = [queue.Queue(maxsize=self._capacity(s)) for s in stages]
         queues.append(queue.Queue(maxsize=self._capacity(stages[-1]) if stages else 4))
-        stats = EngineStats(stages=[StageStats(s.name, s.concurrency) for s in stages])
+        stats = stream.stats if stream else EngineStats()
+        stats.stages = [StageStats(s.name, s.concurrency) for s in stages]
+        linger_s = stream.linger_s if stream else None
 
         def guard(fn: Callable[[], None]) -> Callable[[], None]:
             def run() -> None:
@@ -82,7 +86,13 @@ class LocalEngine:
             stats.setup_s = time.perf_counter() - start
             cpu_start.append(time.process_time())
             chunk: Chunk = []
-            for record in records:
+            source = records if stream is None else lingering(records, stream.linger_s, stop, first_batch)
+            for record in source:
+                if record is IDLE:
+                    if chunk:
+                        _put(queues[0], chunk, stop)
+                        chunk = []
+                    continue
                 chunk.append(record)
                 if len(chunk) == first_batch:
                     _put(queues[0], chunk, stop)
@@ -97,7 +107,7 @@ class LocalEngine:
             lock = threading.Lock()
             for w in range(stage.concurrency):
                 work = _Worker(stage, stats.stages[i], queues[i], queues[i + 1], stop, remaining, lock,
-                               ready, recipes.get(i), pools.get(i))
+                               ready, recipes.get(i), pools.get(i), linger_s)
                 threads.append(threading.Thread(target=guard(work.run), name=f"mmpipe-{stage.name}-{w}",
                                                 daemon=True))
 
@@ -120,6 +130,8 @@ class LocalEngine:
             stats.wall_s = time.perf_counter() - start - stats.setup_s
             stats.cpu_s = time.process_time() - cpu_start[0] if cpu_start else 0.0
             stop.set()
+            if stream:
+                stream.source_stop.set()
             for t in threads:
                 t.join()
             for pool in pools.values():
@@ -138,11 +150,12 @@ class _Worker:
 
     def __init__(self, stage: Stage, stats: StageStats, inbox: queue.Queue, outbox: queue.Queue,
                  stop: threading.Event, remaining: list[int], lock: threading.Lock,
-                 ready: "_Countdown", recipe: bytes | None, slabs: SlabPool | None):
+                 ready: "_Countdown", recipe: bytes | None, slabs: SlabPool | None,
+                 linger_s: float | None):
         self.stage, self.stats, self.outbox, self.stop = stage, stats, outbox, stop
         self.remaining, self.lock, self.ready = remaining, lock, ready
         self.recipe, self.slabs = recipe, slabs
-        self.batches = _Batches(inbox, stage.batch_size, stop)
+        self.batches = _Batches(inbox, stage.batch_size, stop, linger_s)
 
     def run(self) -> None:
         if self.recipe is None:
@@ -174,7 +187,9 @@ class _Worker:
         waiting: deque[Chunk] = deque()  # taken back after a failure, to send again
         sent: deque[tuple[Chunk, Chunk]] = deque()  # (batch, its healthy records), oldest first
         while True:
-            while len(sent) < DEPTH and (batch := waiting.popleft() if waiting else self.batches.take()):
+            # On a stream, a batch in the child is not kept waiting for input that may not come.
+            while len(sent) < DEPTH and (batch := waiting.popleft() if waiting else
+                                         self.batches.take(not sent or self.batches.linger_s is None)):
                 healthy = _healthy(batch)
                 if healthy:
                     child.submit(healthy)
@@ -210,17 +225,27 @@ class _Worker:
 class _Batches:
     """Batches of ``size`` records taken from a queue of chunks: whole chunks while they fit, the
     rest of a larger chunk kept for the next batch. Static batching suits offline jobs: a short
-    batch comes only at the end."""
+    batch comes only at the end. With ``linger_s`` (a stream) a partial batch goes on once no
+    chunk came for that long."""
 
-    def __init__(self, inbox: queue.Queue, size: int, stop: threading.Event):
-        self.inbox, self.size, self.stop = inbox, size, stop
+    def __init__(self, inbox: queue.Queue, size: int, stop: threading.Event, linger_s: float | None):
+        self.inbox, self.size, self.stop, self.linger_s = inbox, size, stop, linger_s
         self.carry: Chunk = []
         self.ended = False
 
-    def take(self) -> Chunk | None:
+    def take(self, block: bool = True) -> Chunk | None:
+        """The next batch, None at the end; ``block=False``: an empty one when no chunk waits."""
+        if not block and not self.carry and not self.ended and self.inbox.empty():
+            return []
         batch, self.carry = self.carry[:self.size], self.carry[self.size:]
         while len(batch) < self.size and not self.ended:
-            chunk = _get(self.inbox, self.stop)
+            if batch and self.linger_s is not None:
+                try:
+                    chunk = self.inbox.get(timeout=self.linger_s)
+                except queue.Empty:
+                    break
+            else:
+                chunk = _get(self.inbox, self.stop)
             if chunk is _END:
                 _put(self.inbox, _END, self.stop)  # the stage's other workers must see the end too
                 self.ended = True

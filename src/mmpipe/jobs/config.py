@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import job_flag, layered, read_yaml, validate
+from ..errors import ConfigError
 from ..decode.image import DEFAULT_MAX_PIXELS
 from ..sources import SourceOptions
 from ..sources.options import DEFAULT_MAX_BYTES
@@ -52,6 +53,21 @@ class JobConfig(BaseModel):
     # Where the stages run: this process (threads) or a Ray cluster; output and resume are the same.
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: connect to a running cluster if any, else start one
+    # Keep following INPUT (a folder or prefix) for new files until SIGTERM/Ctrl-C (jobs.follow).
+    follow: bool = False
+    # Following: a shard commits at most this long after its first row, however few rows it has.
+    shard_seconds: float = Field(10.0, gt=0, le=86_400)
+    # Following: a file is read once its size has stayed the same this long (a writer is done).
+    settle_s: float = Field(2.0, ge=0, le=3600)
+    poll_s: float = Field(1.0, gt=0, le=3600)  # following: how often INPUT is listed again
+
+    @model_validator(mode="after")
+    def _follow_fits(self):
+        if self.follow and self.engine != "local":
+            raise ConfigError("--follow", "runs on the local engine (--engine local)")
+        if self.follow and self.limit is not None:
+            raise ConfigError("--limit", "caps a listing; it does not combine with --follow")
+        return self
 
     @classmethod
     def build(cls, **values):

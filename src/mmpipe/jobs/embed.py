@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
@@ -19,12 +18,12 @@ from ..models.accuracy import Gate
 from ..models.gate import gated_embedder
 from ..models.variants import EmbedderVariant, Precision, Runtime, Variant
 from ..records import Record
-from ..sources import open_source
 from ..stages.embedding import EmbeddingOptions, embedding_stages, model_devices, model_resources
 from ..stages.embedding_batches import crop_only
 from ..stages.gpu_images import MIN_AGREEMENT, GpuDecoding, agreement
 from .config import JobConfig
-from .runner import JobResult, JobSpec, run_job
+from .runner import JobResult, JobSpec
+from .start import job_input, run_configured
 
 
 class EmbedConfig(JobConfig):
@@ -97,7 +96,8 @@ class EmbedConfig(JobConfig):
 def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
     """Embed every image and caption of ``input`` into Parquet shards under ``out``.
 
-    Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes.
+    Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes. With
+    ``follow=True`` it keeps embedding the folder's new files until SIGTERM or Ctrl-C.
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
     stage_options = embedding_options(cfg)
@@ -114,7 +114,7 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
         # INPUT too: resuming another input into the same folder would mix two jobs' rows.
         signature={"job": "embed", "input": cfg.input, "model": str(model.spec),
                    "precision": cfg.precision, "runtime": cfg.runtime},
-        items=open_source(cfg.input, cfg.source_options()),
+        items=job_input(cfg),
         stages=embedding_stages(model, stage_options, gpu, engine.run_once),
         to_table=lambda records: embeddings_table(records, model.dim),
         manifest={"job": "embed", "model": str(model.spec), "random_weights": model.spec.random_weights,
@@ -122,9 +122,7 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
                   "decode": decode, "input": cfg.input,
                   "columns": [f.name for f in embedding_schema(model.dim)]},
     )
-    return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
-                   overwrite=cfg.overwrite, progress=progress, engine=engine,
-                   price_per_hour=cfg.price_per_hour)
+    return run_configured(job, cfg, engine, progress)
 
 
 def embedding_options(cfg: EmbedConfig) -> EmbeddingOptions:

@@ -4,7 +4,6 @@ text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards,
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Literal, Sequence
 
 import pyarrow as pa
@@ -15,12 +14,12 @@ from ..errors import OutputDirError
 from ..policy import Policy
 from ..records import Decoded, Item, Record
 from ..sinks import OutputDir
-from ..sources import open_source
 from ..sources.options import MEDIA_KINDS
 from ..stages.checks import ModerationOptions, ModerationPolicy, categories_of
 from ..stages.moderation_plan import effective_policy, load_policy_clip, moderation_stages
 from .config import JobConfig
-from .runner import JobResult, JobSpec, run_job
+from .runner import JobResult, JobSpec
+from .start import job_input, run_configured
 
 REVIEW = "review.jsonl"
 REPORT = "report.html"
@@ -48,7 +47,8 @@ class ModerateConfig(JobConfig):
 
 def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
     """Moderate every image, video and text of ``input`` into ``out`` (shards, review.jsonl,
-    report.html). Options are the fields of ``ModerateConfig``; re-running resumes."""
+    report.html). Options are the fields of ``ModerateConfig``; re-running resumes; with
+    ``follow=True`` it keeps moderating the folder's new files until SIGTERM or Ctrl-C."""
     cfg = ModerateConfig.build(input=input, out=out, **options)
     engine = make_engine(cfg.engine, cfg.ray_address)
     policy = effective_policy(cfg.policy, cfg.escalate, cfg.judge_url)
@@ -58,7 +58,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     job = JobSpec(
         label="moderate",
         signature=_signature(policy, cfg, clip),
-        items=open_source(cfg.input, cfg.source_options(MEDIA_KINDS)),
+        items=job_input(cfg, MEDIA_KINDS),
         stages=moderation_stages(policy, moderation_options(cfg), clip),
         to_table=lambda records: moderation_table(records, names),
         manifest={"job": "moderate", "policy_file": cfg.policy or "default",
@@ -68,9 +68,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
                   "open_nsfw": nsfw_variant(policy, cfg),
                   "columns": moderation_schema(names).names},
     )
-    result = run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
-                     overwrite=cfg.overwrite, progress=progress, engine=engine,
-                     price_per_hour=cfg.price_per_hour)
+    result = run_configured(job, cfg, engine, progress)
     write_reports(result, policy)
     return result
 

@@ -15,6 +15,7 @@ from ..engine.stats import usd_per_million
 from ..records import Item, Record
 from ..sinks import OutputDir, ParquetShardSink
 from ..sinks.output_dir import MANIFEST, STATS
+from ..sources.follow import FollowSource
 from ..stage import Stage
 from .progress import JobProgress
 
@@ -30,6 +31,7 @@ class JobResult:
     top_errors: list[tuple[str, int]] = field(default_factory=list)
     manifest: dict = field(default_factory=dict)
     cost: dict | None = None  # price_per_hour and usd_per_million_items, when a price was given
+    latency_s: dict | None = None  # a follower's end-to-end latency percentiles (p50, p95, p99)
 
     @property
     def items_per_s(self) -> float:
@@ -42,7 +44,8 @@ class JobSpec:
 
     label: str
     signature: dict  # what produced the output; a resume with another one is refused
-    items: Iterable[Item]
+    # A listing, or (--follow) an endless source that jobs.follow runs.
+    items: Iterable[Item] | FollowSource
     stages: Sequence[Stage]
     to_table: Callable[[Sequence[Record]], pa.Table]
     manifest: dict  # job-specific manifest fields (model, dimension…)
@@ -65,7 +68,7 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
         def consume(records: list[Record]) -> None:
             sink.add(records)
             failures = [r.error for r in records if r.error is not None]
-            reasons.update(_reason_kind(e) for e in failures)
+            reasons.update(reason_kind(e) for e in failures)
             bar.on_done(len(records), len(failures))
 
         pending = _pending(job.items, done, limit, counts, bar)
@@ -116,6 +119,6 @@ def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: C
     bar.on_listing_done()
 
 
-def _reason_kind(error: str) -> str:
+def reason_kind(error: str) -> str:
     """Group error messages by stage and kind ("decode: corrupt image"), without details."""
     return ":".join(error.split(":")[:2]).strip()

@@ -21,6 +21,9 @@ class Commit:
     shard: str
     ids: list[str]
     errors: int
+    # What an unbounded source's shard consumed (file names, partition offsets), as that source
+    # writes it; None for listings, whose ids say it.
+    consumed: dict | None = None
 
 
 class CommitLog:
@@ -34,7 +37,7 @@ class CommitLog:
         for line in self.path.read_bytes().splitlines():
             try:
                 entry = json.loads(line)
-                commits.append(Commit(entry["shard"], entry["ids"], entry["errors"]))
+                commits.append(Commit(entry["shard"], entry["ids"], entry["errors"], entry.get("consumed")))
             except (ValueError, KeyError, TypeError):
                 break  # a torn final line from a crash: nothing after it was committed
         return commits
@@ -51,5 +54,7 @@ class CommitLog:
 
 
 def _line(c: Commit) -> bytes:
-    return (json.dumps({"shard": c.shard, "ids": c.ids, "errors": c.errors},
-                       ensure_ascii=False) + "\n").encode()
+    entry = {"shard": c.shard, "ids": c.ids, "errors": c.errors}
+    if c.consumed is not None:
+        entry["consumed"] = c.consumed
+    return (json.dumps(entry, ensure_ascii=False) + "\n").encode()

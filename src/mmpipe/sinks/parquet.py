@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import pyarrow as pa
@@ -21,8 +22,12 @@ class ParquetShardSink:
     CHUNK = 256
 
     def __init__(self, out: OutputDir, to_table: Callable[[Sequence[Record]], pa.Table],
-                 shard_size: int, first_index: int = 0):
+                 shard_size: int, first_index: int = 0,
+                 consumed_of: Callable[[Sequence[str]], dict] | None = None,
+                 on_commit: Callable[[Commit], None] | None = None):
         self.out = out
+        # For an unbounded source: its entry for a shard's commit line, and word once it is durable.
+        self.consumed_of, self.on_commit = consumed_of, on_commit
         self.to_table = to_table
         self.shard_size = shard_size
         self.index = first_index
@@ -30,6 +35,7 @@ class ParquetShardSink:
         self.tables: list[pa.Table] = []
         self.ids: list[str] = []
         self.shard_errors = 0
+        self.opened_at: float | None = None  # monotonic time of the open shard's first row
         self.rows = 0
         self.errors = 0
         # An empty table now: Arrow's first conversion imports pandas (~0.5 s), which belongs to
@@ -45,6 +51,8 @@ class ParquetShardSink:
         while start < len(records):
             take = records[start: start + self.shard_size - len(self.ids)]
             start += len(take)
+            if not self.ids:
+                self.opened_at = time.monotonic()
             self.pending.extend(take)
             self.ids.extend(r.id for r in take)
             self.shard_errors += sum(r.error is not None for r in take)
@@ -66,8 +74,12 @@ class ParquetShardSink:
         with atomic_path(self.out.path / name, durable=True) as tmp:
             pq.write_table(pa.concat_tables(self.tables), tmp, compression="zstd",
                            use_dictionary=self.dictionary)
-        self.out.log.append(Commit(name, self.ids, self.shard_errors))
+        consumed = self.consumed_of(self.ids) if self.consumed_of else None
+        commit = Commit(name, self.ids, self.shard_errors, consumed)
+        self.out.log.append(commit)
         self.rows += len(self.ids)
         self.errors += self.shard_errors
         self.index += 1
-        self.tables, self.ids, self.shard_errors = [], [], 0
+        self.tables, self.ids, self.shard_errors, self.opened_at = [], [], 0, None
+        if self.on_commit:
+            self.on_commit(commit)

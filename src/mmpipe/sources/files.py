@@ -35,7 +35,7 @@ def iter_directory(fs, root: str, options: SourceOptions) -> Iterator[Item]:
     for dirpath, dirnames, filenames in fs.walk(root):
         dirnames.sort()
         names = sorted(n for n in filenames if not n.startswith("."))
-        yield from _items(fs, dirpath, names, root, options)
+        yield from items_in_dir(fs, dirpath, names, root, options)
 
 
 def iter_glob(fs, pattern: str, matches: list[str], options: SourceOptions) -> Iterator[Item]:
@@ -44,7 +44,7 @@ def iter_glob(fs, pattern: str, matches: list[str], options: SourceOptions) -> I
     for m in matches:
         by_dir.setdefault(posixpath.dirname(m), []).append(posixpath.basename(m))
     for dirpath, names in by_dir.items():
-        yield from _items(fs, dirpath, names, base, options, match_all=True,
+        yield from items_in_dir(fs, dirpath, names, base, options, match_all=True,
                           siblings=_siblings(fs, dirpath, names))
 
 
@@ -57,8 +57,10 @@ def _siblings(fs, dirpath: str, names: list[str]) -> list[str]:
         return names
 
 
-def _items(fs, dirpath: str, names: list[str], root: str, options: SourceOptions,
-           match_all: bool = False, siblings: list[str] | None = None) -> Iterator[Item]:
+def items_in_dir(fs, dirpath: str, names: list[str], root: str, options: SourceOptions,
+                 match_all: bool = False, siblings: list[str] | None = None) -> Iterator[Item]:
+    """The items among ``names`` (files of ``dirpath``), ids relative to ``root``; captions are
+    looked up among ``siblings`` (default: ``names``)."""
     suffixes = media_suffixes(options.kinds)
     everything = siblings or names
     captions = {posixpath.splitext(n)[0]: n for n in everything if n.lower().endswith(CAPTION_SUFFIX)}

@@ -1,0 +1,138 @@
+"""The continuous runner: a FollowSource's items through a job's stages into shards that roll on
+size or time, until SIGTERM or Ctrl-C; then what is in flight is finished and committed.
+
+Exactly once: each shard's commit-log line records what it consumed (sources.follow), and a
+restart resumes from those lines alone. A shard is committed when ``shard_size`` rows have
+arrived or ``shard_seconds`` after its first row, whichever comes first: the engine calls
+``consume`` only when results arrive, so a clock thread commits a quiet stream's shard, the two
+taking turns on the sink under one lock.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..engine import EngineStats, LocalEngine
+from ..engine.streaming import Stream
+from ..records import Record
+from ..sinks import OutputDir, ParquetShardSink
+from ..sinks.commit_log import Commit
+from ..sinks.output_dir import MANIFEST
+from ..sources.follow import FollowSource
+from .follow_stats import FollowStats
+from .progress import JobProgress
+from .runner import JobResult, JobSpec, reason_kind
+
+
+def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
+               shard_seconds: float, overwrite: bool, progress: bool | None = None,
+               engine: LocalEngine | None = None) -> JobResult:
+    out_dir = OutputDir(out)
+    commits = out_dir.open(job.signature, overwrite)
+    source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
+                  for c in commits)
+    first_shard = out_dir.next_shard_index(commits)
+    del commits  # what resume needs now lives in the source, compactly
+    manifest = {**job.manifest, "signature": job.signature, "status": "following"}
+    out_dir.write_json(MANIFEST, manifest)
+
+    live = EngineStats()
+    figures = FollowStats(out_dir, live)
+    reasons: Counter[str] = Counter()
+
+    def on_commit(commit: Commit) -> None:
+        figures.on_commit(len(commit.ids), commit.errors, source.committed(commit.ids))
+
+    sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
+                            consumed_of=source.consumed, on_commit=on_commit)
+    lock = threading.Lock()
+    stop = threading.Event()
+    with JobProgress(job.label, progress) as bar, stop_on_signals(stop), \
+            ShardClock(sink, lock, shard_seconds, stop) as clock:
+        def consume(records: list[Record]) -> None:
+            with lock:
+                sink.add(records)
+            failures = [r.error for r in records if r.error is not None]
+            reasons.update(reason_kind(e) for e in failures)
+            bar.on_done(len(records), len(failures))
+
+        stats = (engine or LocalEngine()).run(source.items(stop), job.stages, consume,
+                                              Stream(source_stop=stop, stats=live))
+        with lock:
+            sink.flush()
+    clock.raise_failure()
+    figures.write()
+    manifest.update(status="stopped", stopped_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    out_dir.write_json(MANIFEST, manifest)
+    return JobResult(out=out_dir.path, ok=sink.rows - sink.errors, errors=sink.errors, skipped=0,
+                     duplicates=0, stats=stats, top_errors=reasons.most_common(5), manifest=manifest,
+                     latency_s=figures.latency_s())
+
+
+class ShardClock:
+    """Commits the open shard once it is ``shard_seconds`` old, whether or not rows arrive. A
+    failed commit (a full disk) stops the follower and is raised in the caller's thread."""
+
+    def __init__(self, sink: ParquetShardSink, lock: threading.Lock, shard_seconds: float,
+                 stop: threading.Event):
+        self.sink, self.lock, self.shard_seconds, self.stop = sink, lock, shard_seconds, stop
+        self.done = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="mmpipe-shard-clock", daemon=True)
+
+    def __enter__(self) -> "ShardClock":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _run(self) -> None:
+        tick = min(0.2, self.shard_seconds / 4)
+        while not self.done.wait(tick):
+            try:
+                with self.lock:
+                    opened = self.sink.opened_at
+                    if opened is not None and time.monotonic() - opened >= self.shard_seconds:
+                        self.sink.flush()
+            except BaseException as exc:  # noqa: BLE001 - raised again by raise_failure
+                self.failure = exc
+                self.stop.set()
+                return
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (the source then ends and the pipeline drains); the
+    handlers before are back once one arrives, so a second Ctrl-C interrupts as usual.
+    Signals reach only the main thread: a follower started from another thread is stopped by
+    whoever owns it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = (signal.SIGTERM, signal.SIGINT)
+    before = {s: signal.getsignal(s) for s in names}
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+    for s in names:
+        signal.signal(s, on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

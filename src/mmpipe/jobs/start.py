@@ -1,0 +1,32 @@
+"""From a job's config to its input and the runner that fits it: the batch runner for a listing,
+the follower (jobs.follow) for ``--follow``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..engine import Engine
+from ..records import Item
+from ..sources import open_source
+from ..sources.follow import FolderFollower, FollowSource
+from .config import JobConfig
+from .follow import follow_job
+from .runner import JobResult, JobSpec, run_job
+
+
+def job_input(cfg: JobConfig, kinds: frozenset[str] = frozenset({"image"})) -> Iterable[Item] | FollowSource:
+    options = cfg.source_options(kinds)
+    if cfg.follow:
+        return FolderFollower(cfg.input, options, settle_s=cfg.settle_s, poll_s=cfg.poll_s)
+    return open_source(cfg.input, options)
+
+
+def run_configured(job: JobSpec, cfg: JobConfig, engine: Engine, progress: bool | None) -> JobResult:
+    if isinstance(job.items, FollowSource):
+        return follow_job(job, job.items, Path(cfg.out), shard_size=cfg.shard_size,
+                          shard_seconds=cfg.shard_seconds, overwrite=cfg.overwrite,
+                          progress=progress, engine=engine)
+    return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
+                   overwrite=cfg.overwrite, progress=progress, engine=engine,
+                   price_per_hour=cfg.price_per_hour)
