@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import pytest
 
 from mmpipe.engine import LocalEngine
+from mmpipe.engine.streaming import Stream
 from mmpipe.records import Record, Scored, failed
 from mmpipe.stage import Stage
 
@@ -341,3 +342,52 @@ def test_failed_records_come_back_from_the_batch_fn():
     assert {k for k, r in out.items() if r.error} == {"r3", "r13"}
     assert out["r3"].error == "model: NaN output" and "path" not in out["r3"].outputs
     assert out["r4"].outputs["path"] == ["after"]
+
+
+def test_a_stream_trickle_gets_through_without_waiting_for_full_batches():
+    """An endless input (a follower): three records then silence. With a Stream they reach
+    consume while the input is still open, though every batch size is larger; setting the
+    source's stop ends the run, and a failure would set it too."""
+    source_stop = threading.Event()
+    arrived = threading.Event()
+    out: list[Record] = []
+
+    def endless():
+        yield from records(3)
+        source_stop.wait()
+
+    def consume(chunk: list[Record]) -> None:
+        out.extend(chunk)
+        if len(out) == 3:
+            arrived.set()
+
+    stages = [Stage("a", tagging("a"), batch_size=8, concurrency=2),
+              Stage("b", tagging("b"), batch_size=16, concurrency=1)]
+    stream = Stream(source_stop=source_stop)
+    runner = threading.Thread(target=lambda: LocalEngine().run(endless(), stages, consume, stream), daemon=True)
+    runner.start()
+    assert arrived.wait(TIMEOUT_S), "a partial batch waited for input that never came"
+    assert runner.is_alive() and stream.stats.stages[0].items == 3  # figures readable while running
+    source_stop.set()
+    runner.join(TIMEOUT_S)
+    assert not runner.is_alive()
+    assert sorted(r.id for r in out) == ["r0", "r1", "r2"]
+    assert all(r.outputs["path"] == ["a", "b"] for r in out)
+
+
+def test_a_failing_stream_stops_its_source_waiting_for_input():
+    """consume fails while the source waits for input that may never come: the run ends (the
+    feed thread is joined) because the engine sets the source's stop."""
+    source_stop = threading.Event()
+
+    def endless():
+        yield from records(2)
+        source_stop.wait()
+
+    def consume(chunk: list[Record]) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_guarded(lambda: LocalEngine().run(endless(), [Stage("a", tagging("a"), 4)], consume,
+                                              Stream(source_stop=source_stop)))
+    assert source_stop.is_set()

@@ -39,10 +39,15 @@ def test_commit_log_round_trip(tmp_path):
     log = CommitLog(tmp_path / "_commits.jsonl")
     assert log.read() == []
     commits = [Commit("part-00000.parquet", ["a", "b"], 0),
-               Commit("part-00001.parquet", ["ünï/cøde.jpg", 'q"uote\nnl'], 1)]
+               Commit("part-00001.parquet", ["ünï/cøde.jpg", 'q"uote\nnl'], 1),
+               Commit("part-00002.parquet", ["c.jpg"], 0, consumed={"files": ["c.jpg", "c.txt"]})]
     for c in commits:
         log.append(c)
     assert log.read() == commits
+    # A listing's lines carry no "consumed" (older logs neither): they read as None.
+    assert [json.loads(line).get("consumed") for line in log.path.read_text().splitlines()] == \
+        [None, None, {"files": ["c.jpg", "c.txt"]}]
+    assert log.read()[0].consumed is None
 
 
 @pytest.mark.parametrize("torn", [b'{"shard": "part-00002.parquet", "ids": ["e", "f', b"{",
