@@ -1,0 +1,201 @@
+"""`mmpipe embed|moderate --follow` as a user runs it: a real subprocess following a real folder
+that another writer fills, stopped by real signals (SIGTERM, SIGKILL)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import mmpipe
+from tests.conftest import assert_same_rows, by_id, photo
+from tests.e2e.test_cli import MMPIPE, run_cli
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT_S = 90
+FAST = ["--settle-s", "0.3", "--poll-s", "0.1", "--batch-size", "4"]
+
+
+def follow(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([*MMPIPE, *args, "--follow"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def committed(out: Path) -> list[dict]:
+    log = out / "_commits.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def committed_ids(out: Path) -> list[str]:
+    return [i for c in committed(out) for i in c["ids"]]
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert proc.poll() is None, f"the follower exited ({proc.returncode}) before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGTERM, as a service manager stops it; returns stderr once it exited 0."""
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, stderr
+    return stderr
+
+
+def write_slowly(path: Path, data: bytes, pieces: int = 3, pause_s: float = 0.1) -> None:
+    """A writer appending ``data`` in pieces, pausing between them (less than --settle-s)."""
+    step = -(-len(data) // pieces)
+    with open(path, "wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i:i + step])
+            f.flush()
+            time.sleep(pause_s)
+
+
+def jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    photo(seed, size=(90 + seed % 30, 70)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_new_files_are_picked_up_a_trickle_commits_and_sigterm_exits_0(tiny_model_spec, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"a{i}.jpg").write_bytes(jpeg(i))
+    # 1000-row shards: only --shard-seconds commits this trickle.
+    proc = follow("embed", str(folder), "--out", str(out), "--model", tiny_model_spec,
+                  "--shard-size", "1000", "--shard-seconds", "1", *FAST)
+    wait_for(lambda: len(committed_ids(out)) == 3, proc, "the files present at the start")
+    for i in range(3, 5):
+        write_slowly(folder / f"b{i}.jpg", jpeg(i))
+    wait_for(lambda: len(committed_ids(out)) == 5, proc, "the files added while running")
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["follow"] and stats["items"] == 5 and stats["shards"] == len(committed(out))
+    assert set(stats["latency_s"]) == {"p50", "p95", "p99"}
+    assert 0 < stats["latency_s"]["p50"] <= stats["latency_s"]["p95"] <= stats["latency_s"]["p99"]
+    assert {s["name"] for s in stats["stages"]} == {"decode", "embed"}
+    assert all(0 <= s["busy_share"] <= 1 for s in stats["stages"])
+
+    stderr = stop(proc)
+    assert "embedded 5 items: 5 ok, 0 errors" in stderr and "latency" in stderr
+    assert sorted(by_id(out)) == ["a0.jpg", "a1.jpg", "a2.jpg", "b3.jpg", "b4.jpg"]
+    assert [c["consumed"]["files"] for c in committed(out)] == [c["ids"] for c in committed(out)]
+    assert json.loads((out / "_manifest.json").read_text())["status"] == "stopped"
+
+
+def test_restart_skips_committed_files_and_sigterm_commits_what_is_in_flight(tiny_model_spec, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"a{i}.jpg").write_bytes(jpeg(i))
+        (folder / f"a{i}.txt").write_text(f"caption {i}")
+    args = ["embed", str(folder), "--out", str(out), "--model", tiny_model_spec, *FAST]
+    first = follow(*args, "--shard-seconds", "0.5")
+    wait_for(lambda: len(committed_ids(out)) == 3, first, "the first run's files")
+    stop(first)
+    before = committed(out)
+    assert sorted(f for c in before for f in c["consumed"]["files"]) == \
+        sorted(f"a{i}.{ext}" for i in range(3) for ext in ("jpg", "txt"))
+
+    (folder / "b.jpg").write_bytes(jpeg(7))
+    # A shard this long commits only at the stop: the new file is in flight at SIGTERM.
+    second = follow(*args, "--shard-seconds", "600")
+    time.sleep(8)  # model setup, a few polls, settle and the embedding of one file
+    assert second.poll() is None and committed(out) == before
+    stderr = stop(second)
+    assert "embedded 1 items: 1 ok" in stderr
+    after = committed(out)
+    assert after[:len(before)] == before and [c["ids"] for c in after[len(before):]] == [["b.jpg"]]
+    assert by_id(out)["a1.jpg"]["text"] == "caption 1"
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_restart_gives_every_file_once(tiny_model_spec, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    names = [f"img{i:03d}.jpg" for i in range(60)]
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+
+    def writer() -> None:  # files copied in slowly, each in pieces, while followers come and go
+        for i, name in enumerate(names):
+            write_slowly(folder / name, jpeg(i), pause_s=0.05)
+            time.sleep(rng.uniform(0, 0.1))
+
+    filling = threading.Thread(target=writer, daemon=True)
+    filling.start()
+    args = ["embed", str(folder), "--out", str(out), "--model", tiny_model_spec, "--shard-size", "5",
+            "--shard-seconds", "0.5", "--settle-s", "0.4", "--poll-s", "0.1", "--batch-size", "4"]
+    kills = 0
+    while filling.is_alive() or kills < 3:
+        proc = follow(*args)
+        time.sleep(rng.uniform(1.0, 6.0))
+        assert proc.poll() is None, proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills += 1
+    final = follow(*args)
+    wait_for(lambda: len(committed_ids(out)) >= len(names), final, f"every file (seed {seed})")
+    stop(final)
+
+    got = by_id(out)  # fails on an id written twice
+    assert sorted(got) == names, f"seed {seed}"
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    # Rows as a batch job makes them from the finished files: none was read half-written.
+    reference = tmp_path / "reference"
+    mmpipe.embed(str(folder), str(reference), model=tiny_model_spec, batch_size=4, progress=False)
+    assert_same_rows(got, by_id(reference), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_moderate_follows_a_folder_of_images_and_texts(tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    photo(1, size=(200, 150)).save(folder / "plain.png")
+    proc = follow("moderate", str(folder), "--out", str(out), "--no-ocr", "--shard-seconds", "1",
+                  "--settle-s", "0.3", "--poll-s", "0.1")
+    wait_for(lambda: committed_ids(out) == ["plain.png"], proc, "the image")
+    (folder / "comment.txt").write_text("you are a stupid idiot")
+    wait_for(lambda: len(committed_ids(out)) == 2, proc, "the text added while running")
+    stderr = stop(proc)
+    assert "moderated 2 items: 2 ok" in stderr
+    rows = by_id(out)
+    assert rows["plain.png"]["action"] == "allow"
+    assert rows["comment.txt"]["media_type"] == "text" and rows["comment.txt"]["action"] == "block"
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--follow", "--shard-seconds", "0"], "--shard-seconds"),
+    (["--follow", "--settle-s", "-1"], "--settle-s"),
+    (["--follow", "--poll-s", "0"], "--poll-s"),
+    (["--follow", "--limit", "3"], "--limit"),
+])
+def test_bad_follow_options_are_one_line_naming_the_flag_exit_2(flags, named, image_dir,
+                                                                tiny_model_spec, tmp_path):
+    proc = run_cli("embed", str(image_dir), "--out", str(tmp_path / "out"), "--model",
+                   tiny_model_spec, *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_only_a_folder_can_be_followed(tiny_model_spec, tmp_path):
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("id,image\n")
+    proc = run_cli("embed", str(manifest), "--out", str(tmp_path / "out"), "--model", tiny_model_spec,
+                   "--follow")
+    assert proc.returncode == 2 and "INPUT: --follow watches a folder" in proc.stderr, proc.stderr
