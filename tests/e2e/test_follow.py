@@ -26,8 +26,9 @@ FAST = ["--settle-s", "0.3", "--poll-s", "0.1", "--batch-size", "4"]
 
 
 def follow(*args: str) -> subprocess.Popen:
+    # A session of its own, as a terminal's foreground job has: Ctrl-C reaches all its processes.
     return subprocess.Popen([*MMPIPE, *args, "--follow"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def committed(out: Path) -> list[dict]:
@@ -47,9 +48,13 @@ def wait_for(condition, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
-def stop(proc: subprocess.Popen) -> str:
-    """SIGTERM, as a service manager stops it; returns stderr once it exited 0."""
-    proc.send_signal(signal.SIGTERM)
+def stop(proc: subprocess.Popen, ctrl_c: bool = False) -> str:
+    """SIGTERM, as a service manager stops it, or Ctrl-C (SIGINT to the whole process group, the
+    decode worker processes too); returns stderr once it exited 0."""
+    if ctrl_c:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, stderr
     return stderr
@@ -71,7 +76,7 @@ def jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_new_files_are_picked_up_a_trickle_commits_and_sigterm_exits_0(tiny_model_spec, tmp_path):
+def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model_spec, tmp_path):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     for i in range(3):
@@ -90,9 +95,11 @@ def test_new_files_are_picked_up_a_trickle_commits_and_sigterm_exits_0(tiny_mode
     assert {s["name"] for s in stats["stages"]} == {"decode", "embed"}
     assert all(0 <= s["busy_share"] <= 1 for s in stats["stages"])
 
-    stderr = stop(proc)
-    assert "embedded 5 items: 5 ok, 0 errors" in stderr and "latency" in stderr
-    assert sorted(by_id(out)) == ["a0.jpg", "a1.jpg", "a2.jpg", "b3.jpg", "b4.jpg"]
+    (folder / "c.jpg").write_bytes(jpeg(9))
+    time.sleep(1)  # settled and read, maybe not committed yet: Ctrl-C must not lose it
+    stderr = stop(proc, ctrl_c=True)
+    assert "embedded 6 items: 6 ok, 0 errors" in stderr and "latency" in stderr
+    assert sorted(by_id(out)) == ["a0.jpg", "a1.jpg", "a2.jpg", "b3.jpg", "b4.jpg", "c.jpg"]
     assert [c["consumed"]["files"] for c in committed(out)] == [c["ids"] for c in committed(out)]
     assert json.loads((out / "_manifest.json").read_text())["status"] == "stopped"
 
