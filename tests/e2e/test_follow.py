@@ -40,6 +40,11 @@ def committed_ids(out: Path) -> list[str]:
     return [i for c in committed(out) for i in c["ids"]]
 
 
+def follow_stats(out: Path) -> dict:
+    path = out / "stats.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def wait_for(condition, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while not condition():
@@ -85,11 +90,13 @@ def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model
     proc = follow("embed", str(folder), "--out", str(out), "--model", tiny_model_spec,
                   "--shard-size", "1000", "--shard-seconds", "1", *FAST)
     wait_for(lambda: len(committed_ids(out)) == 3, proc, "the files present at the start")
+    # stats.json is rewritten at every commit, just after its commit-log line.
+    wait_for(lambda: follow_stats(out).get("items") == 3, proc, "stats.json after the first commits")
     for i in range(3, 5):
         write_slowly(folder / f"b{i}.jpg", jpeg(i))
-    wait_for(lambda: len(committed_ids(out)) == 5, proc, "the files added while running")
-    stats = json.loads((out / "stats.json").read_text())
-    assert stats["follow"] and stats["items"] == 5 and stats["shards"] == len(committed(out))
+    wait_for(lambda: follow_stats(out).get("items") == 5, proc, "the files added while running")
+    stats = follow_stats(out)
+    assert stats["follow"] and stats["shards"] == len(committed(out)) and len(committed_ids(out)) == 5
     assert set(stats["latency_s"]) == {"p50", "p95", "p99"}
     assert 0 < stats["latency_s"]["p50"] <= stats["latency_s"]["p95"] <= stats["latency_s"]["p99"]
     assert {s["name"] for s in stats["stages"]} == {"decode", "embed"}
@@ -118,15 +125,18 @@ def test_restart_skips_committed_files_and_sigterm_commits_what_is_in_flight(tin
     assert sorted(f for c in before for f in c["consumed"]["files"]) == \
         sorted(f"a{i}.{ext}" for i in range(3) for ext in ("jpg", "txt"))
 
-    (folder / "b.jpg").write_bytes(jpeg(7))
-    # A shard this long commits only at the stop: the new file is in flight at SIGTERM.
-    second = follow(*args, "--shard-seconds", "600")
-    time.sleep(8)  # model setup, a few polls, settle and the embedding of one file
-    assert second.poll() is None and committed(out) == before
+    for i in range(3):
+        (folder / f"b{i}.jpg").write_bytes(jpeg(10 + i))
+    # Shards of two rows that no clock commits: once the first is in the log, the third new file
+    # (listed in the same poll) is in flight, and only the stop commits it.
+    second = follow(*args, "--shard-size", "2", "--shard-seconds", "600")
+    wait_for(lambda: len(committed(out)) == len(before) + 1, second, "the second run's first shard")
     stderr = stop(second)
-    assert "embedded 1 items: 1 ok" in stderr
+    assert "embedded 3 items: 3 ok" in stderr
     after = committed(out)
-    assert after[:len(before)] == before and [c["ids"] for c in after[len(before):]] == [["b.jpg"]]
+    assert after[:len(before)] == before  # nothing committed before was done again
+    assert sorted(i for c in after[len(before):] for i in c["ids"]) == ["b0.jpg", "b1.jpg", "b2.jpg"]
+    assert [len(c["ids"]) for c in after[len(before):]] == [2, 1]
     assert by_id(out)["a1.jpg"]["text"] == "caption 1"
 
 
