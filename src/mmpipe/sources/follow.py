@@ -24,8 +24,9 @@ from .options import ReadFile, SourceOptions, filesystem
 
 
 class FollowSource(ABC):
-    """An input without an end. Every method but ``items`` is called from the runner's commit
-    path, never while ``items`` is between two yields of the same call."""
+    """An input without an end. ``items`` runs in the engine's feed thread; ``consumed`` and
+    ``committed`` come from the runner's commit path, in other threads, meanwhile: state they
+    share with ``items`` is guarded."""
 
     @abstractmethod
     def resume(self, consumed: Iterable[dict]) -> None:
