@@ -88,7 +88,7 @@ def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model
         (folder / f"a{i}.jpg").write_bytes(jpeg(i))
     # 1000-row shards: only --shard-seconds commits this trickle.
     proc = follow("embed", str(folder), "--out", str(out), "--model", tiny_model_spec,
-                  "--shard-size", "1000", "--shard-seconds", "1", *FAST)
+                  "--shard-size", "1000", "--shard-seconds", "1", "--price-per-hour", "2.5", *FAST)
     wait_for(lambda: len(committed_ids(out)) == 3, proc, "the files present at the start")
     # stats.json is rewritten at every commit, just after its commit-log line.
     wait_for(lambda: follow_stats(out).get("items") == 3, proc, "stats.json after the first commits")
@@ -101,11 +101,12 @@ def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model
     assert 0 < stats["latency_s"]["p50"] <= stats["latency_s"]["p95"] <= stats["latency_s"]["p99"]
     assert {s["name"] for s in stats["stages"]} == {"decode", "embed"}
     assert all(0 <= s["busy_share"] <= 1 for s in stats["stages"])
+    assert stats["price_per_hour"] == 2.5 and stats["usd_per_million_items"] > 0
 
     (folder / "c.jpg").write_bytes(jpeg(9))
     time.sleep(1)  # settled and read, maybe not committed yet: Ctrl-C must not lose it
     stderr = stop(proc, ctrl_c=True)
-    assert "embedded 6 items: 6 ok, 0 errors" in stderr and "latency" in stderr
+    assert "embedded 6 items: 6 ok, 0 errors" in stderr and "latency" in stderr and "per million" in stderr
     assert sorted(by_id(out)) == ["a0.jpg", "a1.jpg", "a2.jpg", "b3.jpg", "b4.jpg", "c.jpg"]
     assert [c["consumed"]["files"] for c in committed(out)] == [c["ids"] for c in committed(out)]
     assert json.loads((out / "_manifest.json").read_text())["status"] == "stopped"

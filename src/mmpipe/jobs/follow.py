@@ -32,7 +32,7 @@ from .runner import JobResult, JobSpec, reason_kind
 
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
-               engine: LocalEngine | None = None) -> JobResult:
+               engine: LocalEngine | None = None, price_per_hour: float | None = None) -> JobResult:
     out_dir = OutputDir(out)
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
@@ -43,7 +43,7 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     out_dir.write_json(MANIFEST, manifest)
 
     live = EngineStats()
-    figures = FollowStats(out_dir, live)
+    figures = FollowStats(out_dir, live, price_per_hour)
     reasons: Counter[str] = Counter()
 
     def on_commit(commit: Commit) -> None:
@@ -72,7 +72,7 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     out_dir.write_json(MANIFEST, manifest)
     return JobResult(out=out_dir.path, ok=sink.rows - sink.errors, errors=sink.errors, skipped=0,
                      duplicates=0, stats=stats, top_errors=reasons.most_common(5), manifest=manifest,
-                     latency_s=figures.latency_s())
+                     cost=figures.cost(), latency_s=figures.latency_s())
 
 
 class ShardClock:

@@ -9,6 +9,7 @@ from collections import deque
 import numpy as np
 
 from ..engine import EngineStats
+from ..engine.stats import usd_per_million
 from ..sinks import OutputDir
 from ..sinks.output_dir import STATS
 
@@ -17,8 +18,8 @@ LATENCY_WINDOW = 10_000
 
 
 class FollowStats:
-    def __init__(self, out: OutputDir, engine: EngineStats):
-        self.out, self.engine = out, engine
+    def __init__(self, out: OutputDir, engine: EngineStats, price_per_hour: float | None = None):
+        self.out, self.engine, self.price_per_hour = out, engine, price_per_hour
         self.started_at = time.time()
         self.clock_start = time.perf_counter()
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -42,9 +43,18 @@ class FollowStats:
         """Seconds since the models were ready (the engine's setup is not throughput)."""
         return max(time.perf_counter() - self.clock_start - self.engine.setup_s, 0.0)
 
+    def cost(self) -> dict | None:
+        """What the items cost at ``price_per_hour``: the whole run (setup and quiet spells
+        included, as the machine is paid for them) per million items."""
+        paid_s = self.engine.setup_s + self.running_s()
+        if not self.price_per_hour or not self.rows or paid_s <= 0:
+            return None
+        return {"price_per_hour": self.price_per_hour,
+                "usd_per_million_items": usd_per_million(self.price_per_hour, self.rows / paid_s)}
+
     def to_dict(self) -> dict:
         running = self.running_s()
-        return {
+        return {**(self.cost() or {}),
             "follow": True, "started_at": self.started_at, "updated_at": time.time(),
             "setup_s": round(self.engine.setup_s, 3), "running_s": round(running, 3),
             "shards": self.shards, "items": self.rows, "errors": self.errors,
