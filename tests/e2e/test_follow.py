@@ -167,6 +167,9 @@ def test_sigkill_at_random_moments_then_restart_gives_every_file_once(tiny_model
         proc.wait(timeout=30)
         kills += 1
     final = follow(*args)
+    # One file more, so that the stop below finds this run following (not still starting).
+    names.append("last.jpg")
+    (folder / "last.jpg").write_bytes(jpeg(99))
     wait_for(lambda: len(committed_ids(out)) >= len(names), final, f"every file (seed {seed})")
     stop(final)
 
