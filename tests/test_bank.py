@@ -128,6 +128,7 @@ def _video(path: Path, first: Image.Image, second: Image.Image, fps: int = 2) ->
     return path
 
 
+@pytest.mark.slow
 def test_moderation_flags_edited_copies_and_video_frames_and_reports_the_entry(bank, photos, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -305,6 +306,7 @@ def test_a_clip_category_needs_a_bank_with_vectors_and_the_banks_model(tmp_path,
         "--clip-model out to use it"]
 
 
+@pytest.mark.slow
 def test_moderation_embeds_frames_once_for_zero_shot_and_clip_bank_and_reports_the_entry(
         clip_bank, photos, tiny_clip, tmp_path, monkeypatch):
     inputs = tmp_path / "in"

@@ -168,6 +168,7 @@ def test_a_retry_after_past_the_deadline_gives_up_at_once(serve, kind):
     assert "HTTP 429 (overloaded): overloaded" in str(error)
 
 
+@pytest.mark.slow
 @KINDS
 def test_backoff_never_waits_past_the_deadline(serve, kind):
     script, url = serve(default=Step(503))

@@ -18,12 +18,12 @@ def test_an_unknown_extra_is_a_bug_not_a_user_error():
 
 def test_a_failed_import_names_the_extra_and_the_one_line_that_installs_it():
     try:
-        import lancedb.no_such_module  # noqa: F401 - a real import that fails
+        import prometheus_client.no_such_module  # noqa: F401 - a real import that fails
     except ModuleNotFoundError as exc:
-        error = missing_extra(exc, "mmpipe index")
-    assert isinstance(error, MissingExtra) and error.extras == ["search"]
-    assert str(error) == ("mmpipe index needs mmpipe's search extra, which is not installed: "
-                          "pip install 'mmpipe[search]'")
+        error = missing_extra(exc, "mmpipe serve")
+    assert isinstance(error, MissingExtra) and error.extras == ["serve"]
+    assert str(error) == ("mmpipe serve needs mmpipe's serve extra, which is not installed: "
+                          "pip install 'mmpipe[serve]'")
 
 
 def test_a_module_no_extra_provides_is_left_to_surface_as_it_is():

@@ -57,6 +57,7 @@ def follower(folder: Path, settle_s: float = 0.3, kinds=frozenset({"image"})) ->
     return FolderFollower(str(folder), SourceOptions(kinds=kinds), settle_s=settle_s, poll_s=0.05)
 
 
+@pytest.mark.slow
 def test_files_present_and_new_ones_are_yielded_once_each(tmp_path):
     photo(0).save(tmp_path / "a.jpg")
     (tmp_path / "notes.md").write_text("not an image")
@@ -76,6 +77,7 @@ def test_files_present_and_new_ones_are_yielded_once_each(tmp_path):
     assert list(src.in_flight) == ["sub/b.png"]  # nothing is kept of a committed item
 
 
+@pytest.mark.slow
 def test_a_file_being_written_slowly_by_another_process_is_read_whole(tmp_path):
     data = b"".join(os.urandom(4096) for _ in range(6))
     (tmp_path / "payload").write_bytes(data)

@@ -129,6 +129,7 @@ def test_embed_gives_heic_a_healthy_row_like_its_png(real_photo, tiny_model_spec
     assert float(vec @ png) > 0.99  # the same picture, through a lossy codec
 
 
+@pytest.mark.slow
 def test_moderate_reads_the_text_in_a_heic(tmp_path):
     folder = tmp_path / "media"
     folder.mkdir()

@@ -153,6 +153,7 @@ def test_bad_judge_url_is_refused_before_the_job(media, tmp_path):
         mmpipe.moderate(str(media), str(tmp_path / "o"), judge_url="ftp://x", progress=False)
 
 
+@pytest.mark.slow
 def test_bad_policy_is_exit_2_one_line(media, tmp_path):
     policy = tmp_path / "strict.yaml"
     policy.write_text("categories:\n  - {name: x, source: words, media: [text], review: 0.9, block: 0.1, words: [a]}\n")

@@ -108,6 +108,7 @@ def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_the_preferred_backend_answers_everything_while_healthy(regions, router):
     r = router(("a", regions["a"].url), ("b", regions["b"].url))
     status, backend, answer = moderate(r, {"input": ["have a lovely day", "you are a stupid idiot"]})

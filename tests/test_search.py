@@ -48,6 +48,7 @@ def embedded(tmp_path, tiny_model_spec) -> Path:
     return _embed(_images(tmp_path / "images", range(10), broken=True), tmp_path / "out", tiny_model_spec)
 
 
+@pytest.mark.slow
 def test_text_and_image_search_equal_an_exact_scan(embedded, tmp_path, tiny_model_spec):
     report = build_index([embedded], tmp_path / "index")
     assert (report.rows, report.added_shards, report.skipped_rows, report.ann) == (10, 3, 1, None)
@@ -185,6 +186,7 @@ def test_cli_index_and_search(embedded, tmp_path):
         assert len(run.stderr.strip().splitlines()) == 1 and field in run.stderr, run.stderr
 
 
+@pytest.mark.slow
 def test_serve_answers_search_with_the_index_model(embedded, tmp_path, tiny_model_spec):
     import base64
 

@@ -168,6 +168,7 @@ def test_requests_that_would_wait_too_long_are_429_while_the_queue_has_room():
         s.stop()
 
 
+@pytest.mark.slow
 def test_a_full_server_refuses_at_the_door_before_reading_the_body():
     """While the queue is full, a request is refused before its body is read: even a broken body
     gets the 429 (not the 400 that parsing it would give), with the same OpenAI-style error."""

@@ -418,6 +418,7 @@ def test_s3_folder_and_manifest(s3, tiny_model_spec, tmp_path):
     assert rows["t"]["text_embedding"] is not None
 
 
+@pytest.mark.slow
 def test_s3_urls_in_a_local_manifest_and_s3_shards(s3, tiny_model_spec, tmp_path):
     client, options, bucket = s3
     client.put_object(Bucket=bucket, Key="x/a.png", Body=image_bytes(7))
