@@ -27,7 +27,7 @@ from ..sinks.output_dir import MANIFEST
 from ..sources.follow import FollowSource
 from .follow_stats import FollowStats
 from .progress import JobProgress
-from .runner import JobResult, JobSpec, reason_kind
+from .runner import JobResult, JobSpec, tally
 
 
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
@@ -58,9 +58,7 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
         def consume(records: list[Record]) -> None:
             with lock:
                 sink.add(records)
-            failures = [r.error for r in records if r.error is not None]
-            reasons.update(reason_kind(e) for e in failures)
-            bar.on_done(len(records), len(failures))
+            tally(records, reasons, bar)
 
         stats = (engine or LocalEngine()).run(source.items(stop), job.stages, consume,
                                               Stream(source_stop=stop, stats=live))

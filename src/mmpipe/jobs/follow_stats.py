@@ -55,14 +55,13 @@ class FollowStats:
     def to_dict(self) -> dict:
         running = self.running_s()
         return {**(self.cost() or {}),
-            "follow": True, "started_at": self.started_at, "updated_at": time.time(),
-            "setup_s": round(self.engine.setup_s, 3), "running_s": round(running, 3),
-            "shards": self.shards, "items": self.rows, "errors": self.errors,
-            "items_per_s": round(self.rows / running, 3) if running > 0 else 0.0,
-            "latency_s": self.latency_s(), "latency_window": len(self.latencies),
-            "stages": [{"name": s.name, "items": s.items, "busy_share": round(s.busy_share(running), 4)}
-                       for s in self.engine.stages],
-        }
+                "follow": True, "started_at": self.started_at, "updated_at": time.time(),
+                "setup_s": round(self.engine.setup_s, 3), "running_s": round(running, 3),
+                "shards": self.shards, "items": self.rows, "errors": self.errors,
+                "items_per_s": round(self.rows / running, 3) if running > 0 else 0.0,
+                "latency_s": self.latency_s(), "latency_window": len(self.latencies),
+                "stages": [{"name": s.name, "items": s.items, "busy_share": round(s.busy_share(running), 4)}
+                           for s in self.engine.stages]}
 
     def write(self) -> None:
         self.out.write_json(STATS, self.to_dict())

@@ -67,9 +67,7 @@ def run_job(job: JobSpec, out: str | Path, *, shard_size: int, limit: int | None
     with JobProgress(job.label, progress) as bar:
         def consume(records: list[Record]) -> None:
             sink.add(records)
-            failures = [r.error for r in records if r.error is not None]
-            reasons.update(reason_kind(e) for e in failures)
-            bar.on_done(len(records), len(failures))
+            tally(records, reasons, bar)
 
         pending = _pending(job.items, done, limit, counts, bar)
         stats = (engine or LocalEngine()).run(pending, job.stages, consume)
@@ -119,6 +117,13 @@ def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: C
     bar.on_listing_done()
 
 
-def reason_kind(error: str) -> str:
+def tally(records: Sequence[Record], reasons: Counter, bar: JobProgress) -> None:
+    """A chunk of results just handed to the sink: its errors by kind, and the progress bar."""
+    failures = [r.error for r in records if r.error is not None]
+    reasons.update(_reason_kind(e) for e in failures)
+    bar.on_done(len(records), len(failures))
+
+
+def _reason_kind(error: str) -> str:
     """Group error messages by stage and kind ("decode: corrupt image"), without details."""
     return ":".join(error.split(":")[:2]).strip()
