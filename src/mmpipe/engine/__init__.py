@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Protocol, Sequence, TypeVar
 
 from ..errors import ConfigError
+from ..extras import MissingExtra
 from ..records import Record
 from ..stage import Resources, Stage
 from .local import LocalEngine
@@ -32,5 +33,5 @@ def make_engine(name: str, ray_address: str | None = None) -> Engine:
     try:
         from .ray import RayEngine
     except ImportError:
-        raise ConfigError("--engine", "ray needs the ray extra: pip install 'mmpipe[ray]'") from None
+        raise MissingExtra("--engine ray", ["ray"]) from None
     return RayEngine(ray_address)
