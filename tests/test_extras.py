@@ -18,7 +18,7 @@ def test_an_unknown_extra_is_a_bug_not_a_user_error():
 
 def test_a_failed_import_names_the_extra_and_the_one_line_that_installs_it():
     try:
-        import prometheus_client.no_such_module  # noqa: F401 - a real import that fails
+        import fastapi.no_such_module  # noqa: F401 - a real import that fails
     except ModuleNotFoundError as exc:
         error = missing_extra(exc, "mmpipe serve")
     assert isinstance(error, MissingExtra) and error.extras == ["serve"]

