@@ -312,3 +312,18 @@ def test_crash_before_any_commit(photos, tiny_model_spec, reference, tmp_path):
     assert result.skipped == 0 and result.ok + result.errors == 21
     assert_same_rows(by_id(out), reference)
 
+
+
+def test_rows_taken_back_from_the_open_shard_are_not_committed(tmp_path):
+    # A followed partition that moves to another consumer: its uncommitted rows leave the shard.
+    out = OutputDir(tmp_path)
+    out.open(SIG, overwrite=False)
+    ids = [f"i{n}" for n in range(600)]
+    sink = ParquetShardSink(out, simple_table, shard_size=1000)
+    sink.add(recs(ids, errors={f"i{n}" for n in range(0, 600, 3)}))
+    sink.drop(ids[::2] + ["not-there"])
+    assert sink.ids == ids[1::2]
+    sink.flush()
+    table = out.read_table()
+    assert table["id"].to_pylist() == ids[1::2]
+    assert sink.errors == sum(1 for n in range(1, 600, 2) if n % 3 == 0) == table["error"].drop_null().length()

@@ -18,14 +18,17 @@ from .common import (
     auto,
     err,
     given,
+    log_following,
     parse_storage_options,
     print_moderation,
     print_summary,
 )
 
-FOLLOW_HELP = ("Keep following INPUT (a folder or fsspec prefix): files that appear later, and those not "
-               "yet committed, are processed, each exactly once, until SIGTERM or Ctrl-C (which "
-               "commits what is in flight).")
+FOLLOW_HELP = ("Keep following INPUT (a folder or fsspec prefix: files that appear later, and those not "
+               "yet committed; or a topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC?group=NAME[&consumer=NAME]), "
+               "each item exactly once, until SIGTERM or Ctrl-C (which commits what is in flight).")
+KAFKA_VALUE_HELP = ("With a kafka:// INPUT: each message's value is json (an object with id, image path or "
+                    "URL, image_b64, text) or raw (the image's bytes); its key is the item id.")
 SHARD_SECONDS_HELP = "With --follow: commit a shard at most this many seconds after its first row."
 SETTLE_HELP = ("With --follow: read a file only once its size has stayed the same for this many "
                "seconds (a file still being written is never read half-way).")
@@ -65,6 +68,7 @@ def embed(
     shard_seconds: float = typer.Option(default(EmbedConfig, "shard_seconds"), help=SHARD_SECONDS_HELP),
     settle_s: float = typer.Option(default(EmbedConfig, "settle_s"), help=SETTLE_HELP),
     poll_s: float = typer.Option(default(EmbedConfig, "poll_s"), help=POLL_HELP),
+    kafka_value: str = typer.Option(default(EmbedConfig, "kafka_value"), help=KAFKA_VALUE_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with captions."),
@@ -116,9 +120,11 @@ def embed(
                  fast_decode=fast_decode, allow_pickle=allow_pickle, pipeline_stages=pipeline_stages,
                  model_replicas=model_replicas, engine=engine, ray_address=ray_address,
                  devices=devices, decode_device=decode_device, price_per_hour=price_per_hour,
-                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s,
+                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
                  storage_options=parse_storage_options(storage_option))
-    result = run(progress=progress, **with_config_file(EmbedConfig, config, auto(options), given(ctx)))
+    options = with_config_file(EmbedConfig, config, auto(options), given(ctx))
+    log_following(bool(options.get("follow")))
+    result = run(progress=progress, **options)
     print_summary("embedded", result)
 
 
@@ -171,6 +177,7 @@ def moderate(
     shard_seconds: float = typer.Option(default(ModerateConfig, "shard_seconds"), help=SHARD_SECONDS_HELP),
     settle_s: float = typer.Option(default(ModerateConfig, "settle_s"), help=SETTLE_HELP),
     poll_s: float = typer.Option(default(ModerateConfig, "poll_s"), help=POLL_HELP),
+    kafka_value: str = typer.Option(default(ModerateConfig, "kafka_value"), help=KAFKA_VALUE_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
@@ -200,9 +207,11 @@ def moderate(
                  shard_size=shard_size, id_column=id_column, image_column=image_column,
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
-                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s,
+                 follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
                  storage_options=parse_storage_options(storage_option))
-    result = run(progress=progress, **with_config_file(ModerateConfig, config, auto(options), given(ctx)))
+    options = with_config_file(ModerateConfig, config, auto(options), given(ctx))
+    log_following(bool(options.get("follow")))
+    result = run(progress=progress, **options)
     print_summary("moderated", result)
     print_moderation(result)
 

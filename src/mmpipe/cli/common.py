@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 from rich.console import Console
 
@@ -27,6 +29,17 @@ def given(ctx: typer.Context) -> set[str]:
     return names | ({"storage_options"} if "storage_option" in names else set())
 
 
+def log_following(follow: bool) -> None:
+    """A follower runs for days: what it logs (partitions handed over, brokers away) goes to
+    stderr with the time."""
+    if follow:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("mmpipe")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def parse_storage_options(pairs: list[str]) -> dict:
     options = {}
     for pair in pairs:
@@ -45,7 +58,7 @@ def print_summary(verb: str, result: JobResult) -> None:
               + (f", {result.duplicates} duplicate ids ignored" if result.duplicates else "")
               + f" → {result.out}{random}")
     if result.latency_s:
-        err.print("latency (file written → shard committed): " + ", ".join(
+        err.print("latency (arrival → shard committed): " + ", ".join(
             f"{q} {v:.2f} s" for q, v in result.latency_s.items()), markup=False)
     if result.cost:
         err.print(f"cost: ${result.cost['usd_per_million_items']:,.4g} per million items at "

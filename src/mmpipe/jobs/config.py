@@ -10,9 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import job_flag, layered, read_yaml, validate
 from ..errors import ConfigError
+from ..extras import require
 from ..decode.image import DEFAULT_MAX_PIXELS
 from ..sources import SourceOptions
+from ..sources.kafka_url import is_kafka, parse_kafka_url
 from ..sources.options import DEFAULT_MAX_BYTES
+
+KAFKA_PARAMS = ("group", "consumer")  # what a followed kafka:// INPUT's query may say
 
 
 def usable_cores() -> int:
@@ -60,6 +64,8 @@ class JobConfig(BaseModel):
     # Following: a file is read once its size has stayed the same this long (a writer is done).
     settle_s: float = Field(2.0, ge=0, le=3600)
     poll_s: float = Field(1.0, gt=0, le=3600)  # following: how often INPUT is listed again
+    # Following a kafka:// topic: each message's value is a JSON object (a manifest row) or raw bytes.
+    kafka_value: Literal["json", "raw"] = "json"
 
     @model_validator(mode="after")
     def _follow_fits(self):
@@ -67,6 +73,11 @@ class JobConfig(BaseModel):
             raise ConfigError("--follow", "runs on the local engine (--engine local)")
         if self.follow and self.limit is not None:
             raise ConfigError("--limit", "caps a listing; it does not combine with --follow")
+        if is_kafka(self.input):
+            if not self.follow:
+                raise ConfigError("INPUT", "a kafka:// topic has no end: follow it with --follow")
+            parse_kafka_url(self.input, "INPUT", KAFKA_PARAMS)
+            require("following a kafka:// topic", "kafka")
         return self
 
     @classmethod

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -33,7 +33,7 @@ from .runner import JobResult, JobSpec, tally
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
                engine: LocalEngine | None = None, price_per_hour: float | None = None) -> JobResult:
-    out_dir = OutputDir(out)
+    out_dir = OutputDir(source.output(Path(out)))
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
                   for c in commits)
@@ -52,8 +52,9 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
                             consumed_of=source.consumed, on_commit=on_commit)
     lock = threading.Lock()
+    source.bind(sink.drop, lock)
     stop = threading.Event()
-    with JobProgress(job.label, progress) as bar, stop_on_signals(stop), \
+    with JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \
             ShardClock(sink, lock, shard_seconds, stop) as clock:
         def consume(records: list[Record]) -> None:
             with lock:  # owns() and add() together: a partition taken meanwhile adds nothing more

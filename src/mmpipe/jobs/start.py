@@ -10,13 +10,19 @@ from ..engine import Engine
 from ..records import Item
 from ..sources import open_source
 from ..sources.follow import FolderFollower, FollowSource
-from .config import JobConfig
+from ..sources.kafka_url import is_kafka, parse_kafka_url
+from .config import KAFKA_PARAMS, JobConfig
 from .follow import follow_job
 from .runner import JobResult, JobSpec, run_job
 
 
 def job_input(cfg: JobConfig, kinds: frozenset[str] = frozenset({"image"})) -> Iterable[Item] | FollowSource:
     options = cfg.source_options(kinds)
+    if cfg.follow and is_kafka(cfg.input):
+        from ..sources.kafka import KafkaFollower
+
+        return KafkaFollower(parse_kafka_url(cfg.input, "INPUT", KAFKA_PARAMS), cfg.kafka_value, options,
+                             poll_s=cfg.poll_s)
     if cfg.follow:
         return FolderFollower(cfg.input, options, settle_s=cfg.settle_s, poll_s=cfg.poll_s)
     return open_source(cfg.input, options)

@@ -6,6 +6,7 @@ import time
 from typing import Callable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_path
@@ -60,6 +61,24 @@ class ParquetShardSink:
                 self.flush()
             elif len(self.pending) >= self.CHUNK:
                 self._convert()
+
+    def drop(self, ids: Sequence[str]) -> None:
+        """Take the rows of ``ids`` out of the open shard again (a followed partition moved to
+        another consumer, which does those items again)."""
+        gone = set(ids).intersection(self.ids)
+        if not gone:
+            return
+        self._convert()
+        removed = pa.array(sorted(gone), pa.string())
+        kept = []
+        for table in self.tables:
+            taken = pc.is_in(table["id"], removed)
+            self.shard_errors -= pc.sum(pc.and_(taken, pc.is_valid(table["error"]))).as_py() or 0
+            kept.append(table.filter(pc.invert(taken)))
+        self.tables = kept
+        self.ids = [i for i in self.ids if i not in gone]
+        if not self.ids:
+            self.tables, self.shard_errors, self.opened_at = [], 0, None
 
     def _convert(self) -> None:
         if self.pending:

@@ -15,7 +15,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import ConfigError
 from ..records import Item
@@ -48,6 +49,18 @@ class FollowSource(ABC):
     @abstractmethod
     def lag(self) -> int:
         """Items known to wait for a commit: in flight, or seen but not yet read."""
+
+    def output(self, out: Path) -> Path:
+        """The folder this follower's shards and commit log go to (a Kafka consumer: its own
+        subfolder of ``out``)."""
+        return out
+
+    def bind(self, forget: Callable[[Sequence[str]], None], rows_lock: threading.Lock) -> None:
+        """``forget(ids)`` takes rows not yet committed out of the open shard; it is called holding
+        ``rows_lock``, the lock under which rows are added and shards committed."""
+
+    def close(self) -> None:
+        """The run is over and its last shard committed."""
 
     def owns(self, item_id: str) -> bool:
         """Whether this follower may still commit ``item_id`` (a Kafka follower stops owning the

@@ -116,11 +116,11 @@ class _Columns:
                 return Item(id=item_id, error="row has neither an image nor a text")
             return Item(id=item_id, text=text, text_truncated=cut)
         location = str(location)
-        uri, read = _locate(location, fs, base, options)
+        uri, read = locate(location, fs, base, options)
         return Item(id=item_id, uri=uri, text=text, text_truncated=cut, read=read)
 
 
-def _locate(location: str, fs, base: str, options: SourceOptions):
+def locate(location: str, fs, base: str, options: SourceOptions):
     """A URI for the row's image and a function that reads it."""
     scheme = location.split("://", 1)[0].lower() if "://" in location else ""
     if scheme in ("http", "https", "file"):
