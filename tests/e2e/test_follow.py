@@ -220,3 +220,23 @@ def test_only_a_folder_can_be_followed(tiny_model_spec, tmp_path):
     proc = run_cli("embed", str(manifest), "--out", str(tmp_path / "out"), "--model", tiny_model_spec,
                    "--follow")
     assert proc.returncode == 2 and "INPUT: --follow watches a folder" in proc.stderr, proc.stderr
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether the process has a handler of its own for SIGTERM (Linux's /proc says)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_sigterm_while_the_models_load_exits_0(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # moderate loads several models: the signal comes once the command can take it, mostly while they load
+    proc = follow("moderate", str(folder), "--out", str(tmp_path / "out"), "--no-ocr")
+    wait_for(lambda: catches_sigterm(proc.pid), proc, "the command to take SIGTERM")
+    stderr = stop(proc)
+    assert "stopped (SIGTERM)" in stderr or "moderated 0 items" in stderr

@@ -18,7 +18,7 @@ from .common import (
     auto,
     err,
     given,
-    log_following,
+    following,
     parse_storage_options,
     print_moderation,
     print_summary,
@@ -123,8 +123,8 @@ def embed(
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
                  storage_options=parse_storage_options(storage_option))
     options = with_config_file(EmbedConfig, config, auto(options), given(ctx))
-    log_following(bool(options.get("follow")))
-    result = run(progress=progress, **options)
+    with following(bool(options.get("follow"))):
+        result = run(progress=progress, **options)
     print_summary("embedded", result)
 
 
@@ -210,8 +210,8 @@ def moderate(
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
                  storage_options=parse_storage_options(storage_option))
     options = with_config_file(ModerateConfig, config, auto(options), given(ctx))
-    log_following(bool(options.get("follow")))
-    result = run(progress=progress, **options)
+    with following(bool(options.get("follow"))):
+        result = run(progress=progress, **options)
     print_summary("moderated", result)
     print_moderation(result)
 

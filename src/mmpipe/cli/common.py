@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 import typer
 from rich.console import Console
@@ -29,15 +33,31 @@ def given(ctx: typer.Context) -> set[str]:
     return names | ({"storage_options"} if "storage_option" in names else set())
 
 
-def log_following(follow: bool) -> None:
+@contextmanager
+def following(follow: bool) -> Iterator[None]:
     """A follower runs for days: what it logs (partitions handed over, brokers away) goes to
-    stderr with the time."""
-    if follow:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger = logging.getLogger("mmpipe")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    stderr with the time. It is stopped with SIGTERM, also while its models still load: nothing
+    is read or written yet then, so it exits 0 at once (an exception raised into an import that
+    is under way would break the import, not stop the command). jobs.follow takes the signal over
+    once it follows."""
+    if not follow:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("mmpipe")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    def early(signum, frame) -> None:
+        err.print("mmpipe: stopped (SIGTERM); what was committed stays, the same command goes on from there")
+        os._exit(0)
+
+    before = signal.signal(signal.SIGTERM, early)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def parse_storage_options(pairs: list[str]) -> dict:
