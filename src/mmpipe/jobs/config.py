@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..decode.image import DEFAULT_MAX_PIXELS
 from ..sources import SourceOptions
 from ..sources.options import DEFAULT_MAX_BYTES
+from .follow_metrics import check_port_free
 
 
 def usable_cores() -> int:
@@ -60,6 +61,9 @@ class JobConfig(BaseModel):
     # Following: a file is read once its size has stayed the same this long (a writer is done).
     settle_s: float = Field(2.0, ge=0, le=3600)
     poll_s: float = Field(1.0, gt=0, le=3600)  # following: how often INPUT is listed again
+    # Following: serve its figures as Prometheus metrics on this port (0: a free one, in the
+    # manifest); None: off.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _follow_fits(self):
@@ -67,6 +71,10 @@ class JobConfig(BaseModel):
             raise ConfigError("--follow", "runs on the local engine (--engine local)")
         if self.follow and self.limit is not None:
             raise ConfigError("--limit", "caps a listing; it does not combine with --follow")
+        if self.metrics_port is not None and not self.follow:
+            raise ConfigError("--metrics-port", "serves a follower's metrics; it needs --follow")
+        if self.metrics_port:  # a port taken is refused now, before the models load
+            check_port_free(self.metrics_port)
         return self
 
     @classmethod
@@ -87,5 +95,6 @@ def with_config_file(cls: type[JobConfig], path: str | None, options: dict, give
     if path is None:
         return options
     data = read_yaml(path)
-    validate(cls, {"input": "", "out": "", **data}, Path(path).name)
+    # The command line's --follow too, which the file's follow options are checked against.
+    validate(cls, {"input": "", "out": "", "follow": options.get("follow", False), **data}, Path(path).name)
     return layered(data, options, given)
