@@ -33,6 +33,9 @@ SHARD_SECONDS_HELP = "With --follow: commit a shard at most this many seconds af
 SETTLE_HELP = ("With --follow: read a file only once its size has stayed the same for this many "
                "seconds (a file still being written is never read half-way).")
 POLL_HELP = "With --follow: list INPUT again every this many seconds."
+METRICS_PORT_HELP = ("With --follow: serve Prometheus metrics (lag, latency histogram, items and errors "
+                     "by kind) at http://0.0.0.0:PORT/metrics; 0 picks a free port (_manifest.json "
+                     "says which).")
 
 
 def embed(
@@ -69,6 +72,7 @@ def embed(
     settle_s: float = typer.Option(default(EmbedConfig, "settle_s"), help=SETTLE_HELP),
     poll_s: float = typer.Option(default(EmbedConfig, "poll_s"), help=POLL_HELP),
     kafka_value: str = typer.Option(default(EmbedConfig, "kafka_value"), help=KAFKA_VALUE_HELP),
+    metrics_port: Optional[int] = typer.Option(None, help=METRICS_PORT_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with captions."),
@@ -121,6 +125,7 @@ def embed(
                  model_replicas=model_replicas, engine=engine, ray_address=ray_address,
                  devices=devices, decode_device=decode_device, price_per_hour=price_per_hour,
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
+                 metrics_port=metrics_port,
                  storage_options=parse_storage_options(storage_option))
     options = with_config_file(EmbedConfig, config, auto(options), given(ctx))
     with following(bool(options.get("follow"))):
@@ -178,6 +183,7 @@ def moderate(
     settle_s: float = typer.Option(default(ModerateConfig, "settle_s"), help=SETTLE_HELP),
     poll_s: float = typer.Option(default(ModerateConfig, "poll_s"), help=POLL_HELP),
     kafka_value: str = typer.Option(default(ModerateConfig, "kafka_value"), help=KAFKA_VALUE_HELP),
+    metrics_port: Optional[int] = typer.Option(None, help=METRICS_PORT_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
@@ -208,6 +214,7 @@ def moderate(
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
+                 metrics_port=metrics_port,
                  storage_options=parse_storage_options(storage_option))
     options = with_config_file(ModerateConfig, config, auto(options), given(ctx))
     with following(bool(options.get("follow"))):

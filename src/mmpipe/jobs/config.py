@@ -15,6 +15,7 @@ from ..decode.image import DEFAULT_MAX_PIXELS
 from ..sources import SourceOptions
 from ..sources.kafka_url import is_kafka, parse_kafka_url
 from ..sources.options import DEFAULT_MAX_BYTES
+from .follow_metrics import check_port_free
 
 KAFKA_PARAMS = ("group", "consumer")  # what a followed kafka:// INPUT's query may say
 
@@ -66,6 +67,9 @@ class JobConfig(BaseModel):
     poll_s: float = Field(1.0, gt=0, le=3600)  # following: how often INPUT is listed again
     # Following a kafka:// topic: each message's value is a JSON object (a manifest row) or raw bytes.
     kafka_value: Literal["json", "raw"] = "json"
+    # Following: serve its figures as Prometheus metrics on this port (0: a free one, in the
+    # manifest); None: off.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _follow_fits(self):
@@ -78,6 +82,10 @@ class JobConfig(BaseModel):
                 raise ConfigError("INPUT", "a kafka:// topic has no end: follow it with --follow")
             parse_kafka_url(self.input, "INPUT", KAFKA_PARAMS)
             require("following a kafka:// topic", "kafka")
+        if self.metrics_port is not None and not self.follow:
+            raise ConfigError("--metrics-port", "serves a follower's metrics; it needs --follow")
+        if self.metrics_port:  # a port taken is refused now, before the models load
+            check_port_free(self.metrics_port)
         return self
 
     @classmethod
@@ -98,5 +106,6 @@ def with_config_file(cls: type[JobConfig], path: str | None, options: dict, give
     if path is None:
         return options
     data = read_yaml(path)
-    validate(cls, {"input": "", "out": "", **data}, Path(path).name)
+    # The command line's --follow too, which the file's follow options are checked against.
+    validate(cls, {"input": "", "out": "", "follow": options.get("follow", False), **data}, Path(path).name)
     return layered(data, options, given)

@@ -25,6 +25,7 @@ from ..sinks import OutputDir, ParquetShardSink
 from ..sinks.commit_log import Commit
 from ..sinks.output_dir import MANIFEST
 from ..sources.follow import FollowSource
+from .follow_metrics import FollowMetrics
 from .follow_stats import FollowStats
 from .progress import JobProgress
 from .runner import JobResult, JobSpec, tally
@@ -32,7 +33,8 @@ from .runner import JobResult, JobSpec, tally
 
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
-               engine: LocalEngine | None = None, price_per_hour: float | None = None) -> JobResult:
+               engine: LocalEngine | None = None, price_per_hour: float | None = None,
+               metrics_port: int | None = None) -> JobResult:
     out_dir = OutputDir(source.output(Path(out)))
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
@@ -44,10 +46,12 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
 
     live = EngineStats()
     figures = FollowStats(out_dir, live, price_per_hour)
+    metrics = FollowMetrics(figures, source)
     reasons: Counter[str] = Counter()
 
     def on_commit(commit: Commit) -> None:
-        figures.on_commit(len(commit.ids), commit.errors, source.committed(commit.ids))
+        latencies = figures.on_commit(len(commit.ids), commit.errors, source.committed(commit.ids))
+        metrics.on_commit(commit.ids, latencies)
 
     sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
                             consumed_of=source.consumed, on_commit=on_commit)
@@ -55,10 +59,16 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     source.bind(sink.drop, lock)
     stop = threading.Event()
     with JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \
+            metrics.serve(metrics_port) as served_port, \
             ShardClock(sink, lock, shard_seconds, stop) as clock:
+        if served_port is not None:  # where to scrape, when port 0 let the system pick
+            manifest["metrics_port"] = served_port
+            out_dir.write_json(MANIFEST, manifest)
+
         def consume(records: list[Record]) -> None:
             with lock:  # owns() and add() together: a partition taken meanwhile adds nothing more
                 kept = [r for r in records if source.owns(r.id)]
+                metrics.on_results(kept)
                 sink.add(kept)
             tally(kept, reasons, bar)
 

@@ -25,13 +25,16 @@ class FollowStats:
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.shards = self.rows = self.errors = 0
 
-    def on_commit(self, rows: int, errors: int, arrived: list[float]) -> None:
+    def on_commit(self, rows: int, errors: int, arrived: list[float]) -> list[float]:
+        """A shard committed; returns each item's latency (seconds), for the metrics' histogram."""
         now = time.time()
+        latencies = [now - t for t in arrived]
         self.shards += 1
         self.rows += rows
         self.errors += errors
-        self.latencies.extend(now - t for t in arrived)
+        self.latencies.extend(latencies)
         self.write()
+        return latencies
 
     def latency_s(self) -> dict[str, float] | None:
         if not self.latencies:
@@ -42,6 +45,9 @@ class FollowStats:
     def running_s(self) -> float:
         """Seconds since the models were ready (the engine's setup is not throughput)."""
         return max(time.perf_counter() - self.clock_start - self.engine.setup_s, 0.0)
+
+    def items_per_s(self, running_s: float) -> float:
+        return self.rows / running_s if running_s > 0 else 0.0
 
     def cost(self) -> dict | None:
         """What the items cost at ``price_per_hour``: the whole run (setup and quiet spells
@@ -58,7 +64,7 @@ class FollowStats:
                 "follow": True, "started_at": self.started_at, "updated_at": time.time(),
                 "setup_s": round(self.engine.setup_s, 3), "running_s": round(running, 3),
                 "shards": self.shards, "items": self.rows, "errors": self.errors,
-                "items_per_s": round(self.rows / running, 3) if running > 0 else 0.0,
+                "items_per_s": round(self.items_per_s(running), 3),
                 "latency_s": self.latency_s(), "latency_window": len(self.latencies),
                 "stages": [{"name": s.name, "items": s.items, "busy_share": round(s.busy_share(running), 4)}
                            for s in self.engine.stages]}

@@ -120,10 +120,10 @@ def _pending(items: Iterable[Item], done: set[str], limit: int | None, counts: C
 def tally(records: Sequence[Record], reasons: Counter, bar: JobProgress) -> None:
     """A chunk of results just handed to the sink: its errors by kind, and the progress bar."""
     failures = [r.error for r in records if r.error is not None]
-    reasons.update(_reason_kind(e) for e in failures)
+    reasons.update(reason_kind(e) for e in failures)
     bar.on_done(len(records), len(failures))
 
 
-def _reason_kind(error: str) -> str:
+def reason_kind(error: str) -> str:
     """Group error messages by stage and kind ("decode: corrupt image"), without details."""
     return ":".join(error.split(":")[:2]).strip()

@@ -32,7 +32,8 @@ def run_configured(job: JobSpec, cfg: JobConfig, engine: Engine, progress: bool 
     if isinstance(job.items, FollowSource):
         return follow_job(job, job.items, Path(cfg.out), shard_size=cfg.shard_size,
                           shard_seconds=cfg.shard_seconds, overwrite=cfg.overwrite,
-                          progress=progress, engine=engine, price_per_hour=cfg.price_per_hour)
+                          progress=progress, engine=engine, price_per_hour=cfg.price_per_hour,
+                          metrics_port=cfg.metrics_port)
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                    overwrite=cfg.overwrite, progress=progress, engine=engine,
                    price_per_hour=cfg.price_per_hour)
