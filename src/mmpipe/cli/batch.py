@@ -30,6 +30,9 @@ SHARD_SECONDS_HELP = "With --follow: commit a shard at most this many seconds af
 SETTLE_HELP = ("With --follow: read a file only once its size has stayed the same for this many "
                "seconds (a file still being written is never read half-way).")
 POLL_HELP = "With --follow: list INPUT again every this many seconds."
+EMIT_HELP = ("With --follow: send each item's decision (id, action, flagged, category scores, reasons, "
+             "segments, error) as JSON keyed by its id to kafka://HOST:PORT[,HOST:PORT]/TOPIC once its "
+             "shard is committed; at least once, so consumers dedupe by key.")
 
 
 def embed(
@@ -171,6 +174,7 @@ def moderate(
     shard_seconds: float = typer.Option(default(ModerateConfig, "shard_seconds"), help=SHARD_SECONDS_HELP),
     settle_s: float = typer.Option(default(ModerateConfig, "settle_s"), help=SETTLE_HELP),
     poll_s: float = typer.Option(default(ModerateConfig, "poll_s"), help=POLL_HELP),
+    emit: Optional[str] = typer.Option(None, help=EMIT_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
@@ -201,7 +205,7 @@ def moderate(
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s,
-                 storage_options=parse_storage_options(storage_option))
+                 emit=emit, storage_options=parse_storage_options(storage_option))
     result = run(progress=progress, **with_config_file(ModerateConfig, config, auto(options), given(ctx)))
     print_summary("moderated", result)
     print_moderation(result)

@@ -14,9 +14,9 @@ import signal
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..engine import EngineStats, LocalEngine
 from ..engine.streaming import Stream
@@ -29,15 +29,21 @@ from .follow_stats import FollowStats
 from .progress import JobProgress
 from .runner import JobResult, JobSpec, tally
 
+if TYPE_CHECKING:
+    from ..sinks.kafka_emit import DecisionEmitter
+
 
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
-               engine: LocalEngine | None = None, price_per_hour: float | None = None) -> JobResult:
+               engine: LocalEngine | None = None, price_per_hour: float | None = None,
+               emitter: DecisionEmitter | None = None) -> JobResult:
     out_dir = OutputDir(out)
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
                   for c in commits)
     first_shard = out_dir.next_shard_index(commits)
+    # Started here, on the log as it was read, so that it re-emits what a crash left undelivered.
+    emitting = emitter.start(out_dir, commits) if emitter else nullcontext()
     del commits  # what resume needs now lives in the source, compactly
     manifest = {**job.manifest, "signature": job.signature, "status": "following"}
     out_dir.write_json(MANIFEST, manifest)
@@ -48,12 +54,15 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
 
     def on_commit(commit: Commit) -> None:
         figures.on_commit(len(commit.ids), commit.errors, source.committed(commit.ids))
+        if emitter:
+            emitter.on_commit(commit)
 
     sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
                             consumed_of=source.consumed, on_commit=on_commit)
     lock = threading.Lock()
     stop = threading.Event()
-    with JobProgress(job.label, progress) as bar, stop_on_signals(stop), \
+    # The emitter closes last: after the final shard's commit, waiting for its deliveries.
+    with emitting, JobProgress(job.label, progress) as bar, stop_on_signals(stop), \
             ShardClock(sink, lock, shard_seconds, stop) as clock:
         def consume(records: list[Record]) -> None:
             with lock:  # owns() and add() together: a partition taken meanwhile adds nothing more
