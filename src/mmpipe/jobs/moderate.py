@@ -4,7 +4,7 @@ text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards,
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import pyarrow as pa
 from pydantic import Field, model_validator
@@ -22,6 +22,9 @@ from ..stages.moderation_plan import effective_policy, load_policy_clip, moderat
 from .config import JobConfig
 from .runner import JobResult, JobSpec
 from .start import job_input, run_configured
+
+if TYPE_CHECKING:
+    from ..sinks.kafka_emit import DecisionEmitter
 
 REVIEW = "review.jsonl"
 REPORT = "report.html"
@@ -87,7 +90,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
     return result
 
 
-def decision_emitter(cfg: ModerateConfig):
+def decision_emitter(cfg: ModerateConfig) -> DecisionEmitter | None:
     if cfg.emit is None:
         return None
     from ..sinks.kafka_emit import DecisionEmitter  # the kafka extra's, imported only when used
