@@ -36,6 +36,9 @@ POLL_HELP = "With --follow: list INPUT again every this many seconds."
 METRICS_PORT_HELP = ("With --follow: serve Prometheus metrics (lag, latency histogram, items and errors "
                      "by kind) at http://0.0.0.0:PORT/metrics; 0 picks a free port (_manifest.json "
                      "says which).")
+EMIT_HELP = ("With --follow: send each item's decision (id, action, flagged, category scores, reasons, "
+             "segments, error) as JSON keyed by its id to kafka://HOST:PORT[,HOST:PORT]/TOPIC once its "
+             "shard is committed; at least once, so consumers dedupe by key.")
 
 
 def embed(
@@ -184,6 +187,7 @@ def moderate(
     poll_s: float = typer.Option(default(ModerateConfig, "poll_s"), help=POLL_HELP),
     kafka_value: str = typer.Option(default(ModerateConfig, "kafka_value"), help=KAFKA_VALUE_HELP),
     metrics_port: Optional[int] = typer.Option(None, help=METRICS_PORT_HELP),
+    emit: Optional[str] = typer.Option(None, help=EMIT_HELP),
     id_column: Optional[str] = typer.Option(None, help="Manifest column with item ids."),
     image_column: Optional[str] = typer.Option(None, help="Manifest column with image/video paths or URLs."),
     text_column: Optional[str] = typer.Option(None, help="Manifest column with texts."),
@@ -214,7 +218,7 @@ def moderate(
                  text_column=text_column, allow_private_urls=allow_private_urls,
                  max_pixels=max_pixels, max_bytes=max_bytes, engine=engine, ray_address=ray_address,
                  follow=follow, shard_seconds=shard_seconds, settle_s=settle_s, poll_s=poll_s, kafka_value=kafka_value,
-                 metrics_port=metrics_port,
+                 metrics_port=metrics_port, emit=emit,
                  storage_options=parse_storage_options(storage_option))
     options = with_config_file(ModerateConfig, config, auto(options), given(ctx))
     with following(bool(options.get("follow"))):

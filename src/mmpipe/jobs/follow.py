@@ -14,9 +14,9 @@ import signal
 import threading
 import time
 from collections import Counter
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ..engine import EngineStats, LocalEngine
 from ..engine.streaming import Stream
@@ -30,16 +30,21 @@ from .follow_stats import FollowStats
 from .progress import JobProgress
 from .runner import JobResult, JobSpec, tally
 
+if TYPE_CHECKING:
+    from ..sinks.kafka_emit import DecisionEmitter
+
 
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
                engine: LocalEngine | None = None, price_per_hour: float | None = None,
-               metrics_port: int | None = None) -> JobResult:
+               metrics_port: int | None = None, emitter: DecisionEmitter | None = None) -> JobResult:
     out_dir = OutputDir(source.output(Path(out)))
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
                   for c in commits)
     first_shard = out_dir.next_shard_index(commits)
+    # Started here, on the log as it was read, so that it re-emits what a crash left undelivered.
+    emitting = emitter.start(out_dir, commits) if emitter else nullcontext()
     del commits  # what resume needs now lives in the source, compactly
     manifest = {**job.manifest, "signature": job.signature, "status": "following"}
     out_dir.write_json(MANIFEST, manifest)
@@ -52,13 +57,16 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     def on_commit(commit: Commit) -> None:
         latencies = figures.on_commit(len(commit.ids), commit.errors, source.committed(commit.ids))
         metrics.on_commit(commit.ids, latencies)
+        if emitter:
+            emitter.on_commit(commit)
 
     sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
                             consumed_of=source.consumed, on_commit=on_commit)
     lock = threading.Lock()
     source.bind(sink.drop, lock)
     stop = threading.Event()
-    with JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \
+    # The emitter closes last: after the final shard's commit, waiting for its deliveries.
+    with emitting, JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \
             metrics.serve(metrics_port) as served_port, \
             ShardClock(sink, lock, shard_seconds, stop) as clock:
         if served_port is not None:  # where to scrape, when port 0 let the system pick

@@ -4,22 +4,27 @@ text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards,
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..engine import make_engine
-from ..errors import OutputDirError
+from ..errors import ConfigError, OutputDirError
+from ..extras import require
 from ..policy import Policy
 from ..records import Decoded, Item, Record
 from ..sinks import OutputDir
+from ..sources.kafka_url import parse_kafka_url
 from ..sources.options import MEDIA_KINDS
 from ..stages.checks import ModerationOptions, ModerationPolicy, categories_of
 from ..stages.moderation_plan import effective_policy, load_policy_clip, moderation_stages
 from .config import JobConfig
 from .runner import JobResult, JobSpec
 from .start import job_input, run_configured
+
+if TYPE_CHECKING:
+    from ..sinks.kafka_emit import DecisionEmitter
 
 REVIEW = "review.jsonl"
 REPORT = "report.html"
@@ -43,6 +48,18 @@ class ModerateConfig(JobConfig):
     judge_url: str | None = None
     # int8: open_nsfw quantised by onnxruntime, used only if it passes the accuracy gate.
     nsfw_precision: Literal["fp32", "int8"] = "fp32"
+    # kafka://HOST:PORT/TOPIC: each committed row's decision as JSON there (sinks.kafka_emit).
+    emit: str | None = None
+
+    @model_validator(mode="after")
+    def _emit_fits(self):
+        if self.emit is not None:
+            if not self.follow:
+                raise ConfigError("--emit", "sends a follower's decisions as its shards commit; "
+                                            "add --follow")
+            parse_kafka_url(self.emit, "--emit")
+            require("--emit kafka://", "kafka")
+        return self
 
 
 def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
@@ -68,9 +85,17 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
                   "open_nsfw": nsfw_variant(policy, cfg),
                   "columns": moderation_schema(names).names},
     )
-    result = run_configured(job, cfg, engine, progress)
+    result = run_configured(job, cfg, engine, progress, emitter=decision_emitter(cfg))
     write_reports(result, policy)
     return result
+
+
+def decision_emitter(cfg: ModerateConfig) -> DecisionEmitter | None:
+    if cfg.emit is None:
+        return None
+    from ..sinks.kafka_emit import DecisionEmitter  # the kafka extra's, imported only when used
+
+    return DecisionEmitter(parse_kafka_url(cfg.emit, "--emit"))
 
 
 def _signature(policy: ModerationPolicy, cfg: ModerateConfig, clip) -> dict:

@@ -4,7 +4,7 @@ the follower (jobs.follow) for ``--follow``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..engine import Engine
 from ..records import Item
@@ -14,6 +14,9 @@ from ..sources.kafka_url import is_kafka, parse_kafka_url
 from .config import KAFKA_PARAMS, JobConfig
 from .follow import follow_job
 from .runner import JobResult, JobSpec, run_job
+
+if TYPE_CHECKING:
+    from ..sinks.kafka_emit import DecisionEmitter
 
 
 def job_input(cfg: JobConfig, kinds: frozenset[str] = frozenset({"image"})) -> Iterable[Item] | FollowSource:
@@ -28,12 +31,13 @@ def job_input(cfg: JobConfig, kinds: frozenset[str] = frozenset({"image"})) -> I
     return open_source(cfg.input, options)
 
 
-def run_configured(job: JobSpec, cfg: JobConfig, engine: Engine, progress: bool | None) -> JobResult:
+def run_configured(job: JobSpec, cfg: JobConfig, engine: Engine, progress: bool | None,
+                   emitter: DecisionEmitter | None = None) -> JobResult:
     if isinstance(job.items, FollowSource):
         return follow_job(job, job.items, Path(cfg.out), shard_size=cfg.shard_size,
                           shard_seconds=cfg.shard_seconds, overwrite=cfg.overwrite,
                           progress=progress, engine=engine, price_per_hour=cfg.price_per_hour,
-                          metrics_port=cfg.metrics_port)
+                          metrics_port=cfg.metrics_port, emitter=emitter)
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                    overwrite=cfg.overwrite, progress=progress, engine=engine,
                    price_per_hour=cfg.price_per_hour)

@@ -17,6 +17,7 @@ from .commit_log import Commit, CommitLog
 MANIFEST = "_manifest.json"
 COMMITS = "_commits.jsonl"
 STATS = "stats.json"
+EMITTED = "_emitted.json"  # the last shard --emit delivered (sinks.kafka_emit)
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 
 
@@ -74,7 +75,11 @@ class OutputDir:
         return pa.concat_tables(pq.read_table(p) for p in paths)
 
     def read_manifest(self) -> dict | None:
-        path = self.path / MANIFEST
+        return self.read_json(MANIFEST)
+
+    def read_json(self, name: str) -> dict | None:
+        """The JSON file ``name`` of the folder; None if it is missing or unreadable."""
+        path = self.path / name
         if not path.exists():
             return None
         try:
@@ -82,10 +87,11 @@ class OutputDir:
         except ValueError:
             return None
 
-    def write_json(self, name: str, data: dict) -> None:
-        write_text(self.path / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    def write_json(self, name: str, data: dict, durable: bool = False) -> None:
+        write_text(self.path / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n",
+                   durable=durable)
 
     def _clear(self) -> None:
         for p in self.path.iterdir():
-            if SHARD_RE.match(p.name) or p.name in (MANIFEST, COMMITS, STATS) or p.name.endswith(TMP_SUFFIX):
+            if SHARD_RE.match(p.name) or p.name in (MANIFEST, COMMITS, STATS, EMITTED) or p.name.endswith(TMP_SUFFIX):
                 p.unlink()
