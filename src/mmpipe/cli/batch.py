@@ -27,6 +27,8 @@ from .common import (
 FOLLOW_HELP = ("Keep following INPUT (a folder or fsspec prefix: files that appear later, and those not "
                "yet committed; or a topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC?group=NAME[&consumer=NAME]), "
                "each item exactly once, until SIGTERM or Ctrl-C (which commits what is in flight).")
+STORAGE_OPTION_HELP = ("KEY=VALUE (repeatable): an fsspec storage option (endpoint_url=http://…), or for a "
+                       "kafka:// INPUT a librdkafka setting (security.protocol=SASL_SSL).")
 KAFKA_VALUE_HELP = ("With a kafka:// INPUT: each message's value is json (an object with id, image path or "
                     "URL, image_b64, text) or raw (the image's bytes); its key is the item id.")
 SHARD_SECONDS_HELP = "With --follow: commit a shard at most this many seconds after its first row."
@@ -89,8 +91,7 @@ def embed(
                                      help="Let the JPEG decoder downscale large photos (faster)."),
     allow_pickle: bool = typer.Option(default(EmbedConfig, "allow_pickle"),
                                       help="Allow pickle (.bin) weights; they can run code."),
-    storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable), "
-                                             "e.g. endpoint_url=http://…"),
+    storage_option: list[str] = typer.Option([], help=STORAGE_OPTION_HELP),
     pipeline_stages: int = typer.Option(default(EmbedConfig, "pipeline_stages"),
                                         help="Split the image tower into K parts balanced by measured "
                                              "layer time, one worker each, streaming micro-batches."),
@@ -197,7 +198,7 @@ def moderate(
                                    help="Refuse images/frames with more pixels."),
     max_bytes: int = typer.Option(default(ModerateConfig, "max_bytes"),
                                   help="Refuse input files larger than this."),
-    storage_option: list[str] = typer.Option([], help="fsspec storage option KEY=VALUE (repeatable)."),
+    storage_option: list[str] = typer.Option([], help=STORAGE_OPTION_HELP),
     engine: str = typer.Option(default(ModerateConfig, "engine"),
                                help="local (threads in this process) or ray (a Ray cluster)."),
     ray_address: Optional[str] = typer.Option(None, help="With --engine ray: auto, ray://HOST:10001, or "

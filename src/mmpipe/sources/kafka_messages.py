@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import os
+from dataclasses import replace
 
 from ..records import Item
 from .options import SourceOptions, cut_text, filesystem
@@ -20,21 +21,21 @@ VALUE_FORMATS = ("json", "raw")
 
 class MessageItems:
     def __init__(self, topic: str, value_format: str, options: SourceOptions):
-        self.topic, self.raw, self.options = topic, value_format == "raw", options
+        # A kafka:// job's storage options are librdkafka's settings: the images its messages name
+        # are read with their store's own defaults (credentials from the environment).
+        self.options = replace(options, storage_options={})
+        self.topic, self.raw = topic, value_format == "raw"
         # Relative image paths in messages mean what they mean to the process that runs the job.
-        self.fs, _ = filesystem(os.getcwd(), options.storage_options)
-        self.base = os.getcwd()
+        self.fs, self.base = filesystem(os.getcwd(), {})
 
     def item(self, key: bytes | None, value: bytes | None, partition: int, offset: int) -> Item:
         position = f"kafka://{self.topic}/{partition}/{offset}"
         item_id = key.decode("utf-8", errors="replace") if key else None
         value = value or b""
         if self.raw:
-            if not value:
-                return self._error(item_id or position, "empty message", partition, offset)
-            if len(value) > self.options.max_bytes:
-                return self._error(item_id or position, f"too large: exceeds the {self.options.max_bytes}-byte limit",
-                                   partition, offset)
+            problem = "empty message" if not value else self._too_large(value)
+            if problem:
+                return self._error(item_id or position, problem, partition, offset)
             return Item(id=item_id or position, uri=position, data=value)
         try:
             row = json.loads(value)
@@ -49,9 +50,8 @@ class MessageItems:
                 data = base64.b64decode(str(row["image_b64"]), validate=True)
             except (binascii.Error, ValueError):
                 return self._error(item_id, "image_b64 is not valid base64", partition, offset)
-            if len(data) > self.options.max_bytes:
-                return self._error(item_id, f"too large: exceeds the {self.options.max_bytes}-byte limit",
-                                   partition, offset)
+            if problem := self._too_large(data):
+                return self._error(item_id, problem, partition, offset)
             return Item(id=item_id, uri=position, text=text, text_truncated=cut, data=data)
         if row.get("image") not in (None, ""):
             uri, read = locate(str(row["image"]), self.fs, self.base, self.options)
@@ -59,6 +59,10 @@ class MessageItems:
         if text is None:
             return self._error(item_id, "message has neither image, image_b64 nor text", partition, offset)
         return Item(id=item_id, uri=position, text=text, text_truncated=cut)
+
+    def _too_large(self, data: bytes) -> str | None:
+        limit = self.options.max_bytes
+        return f"too large: exceeds the {limit}-byte limit" if len(data) > limit else None
 
     def _error(self, item_id: str, reason: str, partition: int, offset: int) -> Item:
         # "kafka: <reason>" first, so errors group by kind; where it was last.
