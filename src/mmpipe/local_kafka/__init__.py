@@ -11,8 +11,10 @@ broker is made to advertise the proxy's address, because clients connect to the 
 metadata responses name, not to the one they bootstrapped from: without that they would bypass
 the proxy after their first request.
 
-Topics a client names before ``create_topic`` are created with librdkafka's default of 4
-partitions, whatever ``partitions`` says.
+Where the mock is not a real broker: topics a client names before ``create_topic`` get 4
+partitions whatever ``partitions`` says; and after a group's member leaves, the next join waits
+the group's session.timeout.ms less 1 s (44 s by default) even when no member is left (a real
+broker empties the group at once), so consumers in tests want a short session.timeout.ms.
 """
 
 from __future__ import annotations
@@ -47,9 +49,7 @@ class LocalKafka:
                 self._cluster.destroy()
                 raise
             self._cluster.advertise("127.0.0.1", self._proxy.port)
-            self.bootstrap = f"127.0.0.1:{self._proxy.port}"
-        else:
-            self.bootstrap = self._cluster.listener
+        self.bootstrap = self._cluster.listener if self._proxy is None else f"127.0.0.1:{self._proxy.port}"
 
     def create_topic(self, name: str, partitions: int | None = None) -> None:
         """Create ``name`` with ``partitions`` (default: the constructor's); ValueError if it exists."""

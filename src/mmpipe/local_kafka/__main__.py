@@ -12,7 +12,9 @@ from . import LocalKafka
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmpipe.local_kafka", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m mmpipe.local_kafka",
+        description="A local Kafka broker: prints its kafka:// address, then serves until SIGTERM or Ctrl-C.")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of each --topic")
     parser.add_argument("--topic", action="append", default=[], help="a topic to create (repeatable)")
     parser.add_argument("--port", type=int, default=0, help="a fixed port for clients (default: any)")

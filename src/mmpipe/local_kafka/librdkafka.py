@@ -62,9 +62,9 @@ class MockCluster:
         if self._lib.rd_kafka_conf_set(conf, b"log_level", b"4", errstr, _ERRSTR) != 0:
             self._lib.rd_kafka_conf_destroy(conf)
             raise RuntimeError(errstr.value.decode())
-        # rd_kafka_new owns conf from here, also when it fails.
         self._rk = self._lib.rd_kafka_new(_PRODUCER, conf, errstr, _ERRSTR)
-        if not self._rk:
+        if not self._rk:  # rd_kafka_new takes conf over only when it succeeds
+            self._lib.rd_kafka_conf_destroy(conf)
             raise RuntimeError(f"librdkafka: {errstr.value.decode()}")
         self._cluster = self._lib.rd_kafka_mock_cluster_new(self._rk, 1)
         if not self._cluster:
