@@ -12,9 +12,11 @@ metadata responses name, not to the one they bootstrapped from: without that the
 the proxy after their first request.
 
 Where the mock is not a real broker: topics a client names before ``create_topic`` get 4
-partitions whatever ``partitions`` says; and after a group's member leaves, the next join waits
-the group's session.timeout.ms less 1 s (44 s by default) even when no member is left (a real
-broker empties the group at once), so consumers in tests want a short session.timeout.ms.
+partitions whatever ``partitions`` says; each partition keeps only its last 5 MiB (and 100,000
+batches), dropping older messages as a small retention.bytes would; and after a group's member
+leaves, the next join waits the group's session.timeout.ms less 1 s (44 s by default) even when
+no member is left (a real broker empties the group at once), so consumers in tests want a short
+session.timeout.ms.
 """
 
 from __future__ import annotations
