@@ -291,3 +291,13 @@ def kill_at_commit_depths(cmd: list[str], out: Path, depths, timeout: float = 60
         proc.wait(timeout=30)
     return kills
 
+
+
+@pytest.fixture(scope="module")
+def broker() -> str:
+    """The bootstrap address of a real Kafka-protocol broker on 127.0.0.1 (mmpipe.local_kafka)."""
+    pytest.importorskip("confluent_kafka")
+    from mmpipe.local_kafka import LocalKafka
+
+    with LocalKafka() as kafka:
+        yield kafka.bootstrap

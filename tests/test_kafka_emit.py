@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("confluent_kafka")
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition  # noqa: E402
 
 import mmpipe  # noqa: E402
 from mmpipe.jobs.moderate import moderation_schema  # noqa: E402
@@ -30,15 +30,6 @@ from tests.conftest import photo  # noqa: E402
 
 TIMEOUT_S = 60
 QUIET_S = 0.5  # no message for this long after the expected ones: no duplicate follows
-
-
-@pytest.fixture(scope="module")
-def broker() -> str:
-    """The bootstrap address of a mock cluster living as long as this producer."""
-    cluster = Producer({"test.mock.num.brokers": 1})
-    metadata = cluster.list_topics(timeout=5)
-    yield ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
-    del cluster
 
 
 def topic_url(broker: str) -> str:

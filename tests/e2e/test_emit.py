@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import photo
 from tests.e2e.test_cli import run_cli
 from tests.e2e.test_follow import committed, committed_ids, follow, stop, wait_for
-from tests.test_kafka_emit import broker, read_topic, topic_url  # noqa: F401 - broker: a fixture
+from tests.test_kafka_emit import read_topic, topic_url
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def emitted_shard(out) -> str | None:
 
 
 @pytest.mark.slow
-def test_kill_9_after_a_commit_then_a_restart_emits_every_decision(broker, tmp_path):  # noqa: F811
+def test_kill_9_after_a_commit_then_a_restart_emits_every_decision(broker, tmp_path):
     folder, out, url = tmp_path / "in", tmp_path / "out", topic_url(broker)
     folder.mkdir()
     photo(1, size=(200, 150)).save(folder / "plain.png")

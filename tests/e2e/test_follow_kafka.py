@@ -101,6 +101,9 @@ def test_sigkill_at_random_moments_then_restart_gives_every_message_once(kafka, 
         proc.wait(timeout=30)
     writer.join(timeout=TIMEOUT_S)
     final = follow(*args)
+    # One message more, so that the stop below finds this run following (not still starting).
+    keys.append("last")
+    produce(kafka.bootstrap, "uploads", texts(["last"]))
     wait_rows(out, len(keys), [final], f"every message (seed {seed})")
     stderr = stop(final)
     exactly_once(out, keys)
