@@ -67,6 +67,8 @@ def test_embed_runs_on_the_core(core_venv, tmp_path):
     (["demo"], "moderate,samples"),
     (["embed", "in", "--out", "out", "--engine", "ray"], "ray"),
     (["embed", "s3://bucket/images", "--out", "out", "--model", "random:ViT-B-32"], "s3"),
+    (["embed", "kafka://127.0.0.1:9092/uploads", "--out", "out", "--follow", "--model", "random:ViT-B-32"],
+     "kafka"),
 ])
 def test_a_command_without_its_extra_says_how_to_install_it(core_venv, args, extra):
     proc = mmpipe(core_venv, *args)

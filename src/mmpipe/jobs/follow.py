@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ..engine import EngineStats, LocalEngine
 from ..engine.streaming import Stream
@@ -63,7 +63,12 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
     sink = ParquetShardSink(out_dir, job.to_table, shard_size, first_shard,
                             consumed_of=source.consumed, on_commit=on_commit)
     lock = threading.Lock()
-    source.bind(sink.drop, lock)
+
+    def forget(ids: Sequence[str]) -> None:  # rows of items the source gave up, not committed
+        sink.drop(ids)
+        metrics.forget(ids)
+
+    source.bind(forget, lock)
     stop = threading.Event()
     # The emitter closes last: after the final shard's commit, waiting for its deliveries.
     with emitting, JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \

@@ -30,8 +30,9 @@ from .runner import reason_kind
 # --metrics-port is given, and it shows counts and timings only, no item names or contents.
 ADDRESS = "0.0.0.0"
 FLAG = "--metrics-port"
-# Arrival (a file's modification time) to commit: settling, the pipeline and the shard's
-# --shard-seconds, so seconds to minutes; files that waited for a restart land in the top buckets.
+# Arrival (a file's modification time, a message's timestamp) to commit: settling, the pipeline
+# and the shard's --shard-seconds, so seconds to minutes; items that waited for a restart land in
+# the top buckets.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 # Distinct error kinds with a label of their own; later ones count as "other". A kind is an error
 # message's first two parts, which can hold a detail (a row number): the series stay bounded.
@@ -47,7 +48,8 @@ class FollowMetrics(Collector):
         self.figures, self.source = figures, source
         self.registry = CollectorRegistry()
         self.latency = Histogram("mmpipe_follow_latency_seconds",
-                                 "Each committed item's arrival (file modified) to its shard's commit",
+                                 "Each committed item's arrival (a file's modification, a message's timestamp) "
+                                 "to its shard's commit",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.errors = Counter("mmpipe_follow_errors", "Committed rows with an error, by kind "
                               "(stage: reason)", ["kind"], registry=self.registry)
@@ -64,6 +66,11 @@ class FollowMetrics(Collector):
             self.latency.observe(seconds)
         for kind in filter(None, (self.waiting.pop(i, None) for i in ids)):
             self.errors.labels(kind).inc()
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Rows taken out of the open shard uncommitted (a Kafka partition moved away)."""
+        for i in ids:
+            self.waiting.pop(i, None)
 
     def collect(self) -> Iterator:
         figures = self.figures
