@@ -112,3 +112,27 @@ def test_only_a_folder_or_prefix_can_be_followed(tmp_path):
     (tmp_path / "list.csv").write_text("id,image\n")
     with pytest.raises(ConfigError, match="INPUT: --follow watches a folder"):
         follower(tmp_path / "list.csv")
+
+
+@pytest.mark.slow
+def test_a_follower_in_another_thread_stops_when_its_stop_is_set(tiny_model_spec, tmp_path):
+    # Signals reach only the main thread: an application running the API in a thread of its own
+    # stops the follower with ``stop``, as SIGTERM does.
+    import mmpipe
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    photo(1).save(folder / "a.jpg")
+    stop, results = threading.Event(), []
+    worker = threading.Thread(target=lambda: results.append(mmpipe.embed(
+        str(folder), str(out), model=tiny_model_spec, follow=True, settle_s=0.1, poll_s=0.05,
+        shard_seconds=0.2, progress=False, stop=stop)))
+    worker.start()
+    deadline = time.monotonic() + TIMEOUT_S
+    log = out / "_commits.jsonl"
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    worker.join(TIMEOUT_S)
+    assert not worker.is_alive() and results[0].ok == 1
+    assert results[0].manifest["status"] == "stopped"

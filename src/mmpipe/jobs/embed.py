@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from typing import Literal, Sequence
 
@@ -93,11 +94,13 @@ class EmbedConfig(JobConfig):
         return Gate(min_mean_cosine=self.min_cosine)
 
 
-def embed(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
+def embed(input: str, out: str, *, progress: bool | None = None, stop: threading.Event | None = None,
+          **options) -> JobResult:
     """Embed every image and caption of ``input`` into Parquet shards under ``out``.
 
     Options are the fields of ``EmbedConfig``. Re-running with the same ``out`` resumes. With
-    ``follow=True`` it keeps embedding the folder's new files until SIGTERM or Ctrl-C.
+    ``follow=True`` it keeps embedding a folder's new files, or a Kafka topic's messages, until
+    SIGTERM, Ctrl-C or ``stop`` is set (from any thread).
     """
     cfg = EmbedConfig.build(input=input, out=out, **options)
     stage_options = embedding_options(cfg)
@@ -122,7 +125,7 @@ def embed(input: str, out: str, *, progress: bool | None = None, **options) -> J
                   "decode": decode, "input": cfg.input,
                   "columns": [f.name for f in embedding_schema(model.dim)]},
     )
-    return run_configured(job, cfg, engine, progress)
+    return run_configured(job, cfg, engine, progress, stop=stop)
 
 
 def embedding_options(cfg: EmbedConfig) -> EmbeddingOptions:

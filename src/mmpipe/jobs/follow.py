@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_size: int,
                shard_seconds: float, overwrite: bool, progress: bool | None = None,
                engine: LocalEngine | None = None, price_per_hour: float | None = None,
-               metrics_port: int | None = None, emitter: DecisionEmitter | None = None) -> JobResult:
+               metrics_port: int | None = None, emitter: DecisionEmitter | None = None,
+               stop: threading.Event | None = None) -> JobResult:
+    """``stop``: set it (from any thread) to stop as SIGTERM does; a follower in the main thread
+    also stops on SIGTERM and Ctrl-C."""
     out_dir = OutputDir(source.output(Path(out)))
     commits = out_dir.open(job.signature, overwrite)
     source.resume(c.consumed if c.consumed is not None else FollowSource.consumed_of_ids(c.ids)
@@ -69,7 +72,7 @@ def follow_job(job: JobSpec, source: FollowSource, out: str | Path, *, shard_siz
         metrics.forget(ids)
 
     source.bind(forget, lock)
-    stop = threading.Event()
+    stop = stop or threading.Event()
     # The emitter closes last: after the final shard's commit, waiting for its deliveries.
     with emitting, JobProgress(job.label, progress) as bar, stop_on_signals(stop), closing(source), \
             metrics.serve(metrics_port) as served_port, \

@@ -3,6 +3,7 @@ text classifiers → zero-shot CLIP → decision (→ judge) → Parquet shards,
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Literal, Sequence
 
@@ -62,10 +63,12 @@ class ModerateConfig(JobConfig):
         return self
 
 
-def moderate(input: str, out: str, *, progress: bool | None = None, **options) -> JobResult:
+def moderate(input: str, out: str, *, progress: bool | None = None, stop: threading.Event | None = None,
+             **options) -> JobResult:
     """Moderate every image, video and text of ``input`` into ``out`` (shards, review.jsonl,
     report.html). Options are the fields of ``ModerateConfig``; re-running resumes; with
-    ``follow=True`` it keeps moderating the folder's new files until SIGTERM or Ctrl-C."""
+    ``follow=True`` it keeps moderating a folder's new files, or a Kafka topic's messages, until
+    SIGTERM, Ctrl-C or ``stop`` is set (from any thread)."""
     cfg = ModerateConfig.build(input=input, out=out, **options)
     engine = make_engine(cfg.engine, cfg.ray_address)
     policy = effective_policy(cfg.policy, cfg.escalate, cfg.judge_url)
@@ -85,7 +88,7 @@ def moderate(input: str, out: str, *, progress: bool | None = None, **options) -
                   "open_nsfw": nsfw_variant(policy, cfg),
                   "columns": moderation_schema(names).names},
     )
-    result = run_configured(job, cfg, engine, progress, emitter=decision_emitter(cfg))
+    result = run_configured(job, cfg, engine, progress, emitter=decision_emitter(cfg), stop=stop)
     write_reports(result, policy)
     return result
 

@@ -3,6 +3,7 @@ the follower (jobs.follow) for ``--follow``."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -32,12 +33,12 @@ def job_input(cfg: JobConfig, kinds: frozenset[str] = frozenset({"image"})) -> I
 
 
 def run_configured(job: JobSpec, cfg: JobConfig, engine: Engine, progress: bool | None,
-                   emitter: DecisionEmitter | None = None) -> JobResult:
+                   emitter: DecisionEmitter | None = None, stop: threading.Event | None = None) -> JobResult:
     if isinstance(job.items, FollowSource):
         return follow_job(job, job.items, Path(cfg.out), shard_size=cfg.shard_size,
                           shard_seconds=cfg.shard_seconds, overwrite=cfg.overwrite,
                           progress=progress, engine=engine, price_per_hour=cfg.price_per_hour,
-                          metrics_port=cfg.metrics_port, emitter=emitter)
+                          metrics_port=cfg.metrics_port, emitter=emitter, stop=stop)
     return run_job(job, Path(cfg.out), shard_size=cfg.shard_size, limit=cfg.limit,
                    overwrite=cfg.overwrite, progress=progress, engine=engine,
                    price_per_hour=cfg.price_per_hour)
