@@ -51,6 +51,9 @@ CONSUMER_DEFAULTS = {
     # What librdkafka reads ahead is bounded: memory does not follow the lag.
     "queued.max.messages.kbytes": 16384,
     "queued.min.messages": 1000,
+    # A quiet partition's fetch returns after this long (librdkafka waits 500 ms): a message that
+    # arrives then waits less for its decision.
+    "fetch.wait.max.ms": 100,
     # A dead consumer's partitions move to the others after this long.
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 2000,
