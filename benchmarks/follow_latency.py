@@ -11,7 +11,7 @@ last 5 MiB of each partition).
 2. A broker (`mmpipe.local_kafka.LocalKafka` in this process, or `--brokers`), an input topic of 4
    partitions and a decisions topic, and the follower:
    `mmpipe moderate kafka://…?group=… --follow --shard-seconds 1 --metrics-port 0 --emit kafka://…`,
-   warmed up with a few messages whose decisions are awaited (not measured).
+   warmed up with the pool once, at once, its decisions awaited (not measured).
 3. Steady: Poisson arrivals at 0.5 x batch items/s for --steady-s. Decision latency of an item is
    the timestamp of its first decision message minus that of its input message (both set from this
    machine's clock); it is split at the commit of the item's shard (the shard file's mtime).
@@ -38,6 +38,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,7 @@ RSS_GROWTH = (50 * 2**20, 0.10)  # bytes, share: the larger of the two is allowe
 SESSION = ["--storage-option", "session.timeout.ms=6000",
            "--storage-option", "heartbeat.interval.ms=1000"]
 LAG_RE = re.compile(rb"^mmpipe_follow_lag_messages (\S+)$", re.M)
+ROWS_RE = re.compile(rb"^mmpipe_follow_items_total (\S+)$", re.M)
 
 
 def make_pool(data: Path, photos: int) -> tuple[Path, list[dict]]:
@@ -170,29 +172,33 @@ class Load:
 
 
 class Sampler(threading.Thread):
-    """Every `every` s: (seconds since start, phase, lag, RSS of the tree, RSS of the follower)."""
+    """Every `every` s: (seconds since start, phase, lag, RSS of the tree, RSS of the follower,
+    rows committed)."""
 
     def __init__(self, proc: psutil.Process, metrics_url: str, every: float = 1.0):
         super().__init__(name="sampler", daemon=True)
         self.proc, self.url, self.every = proc, metrics_url, every
         self.phase = "warm-up"
-        self.samples: list[tuple[float, str, float, int, int]] = []
+        self.samples: list[tuple[float, str, float, int, int, float]] = []
         self.t0 = time.monotonic()
         self.stop = threading.Event()
 
-    def lag(self) -> float:
+    def metrics(self) -> tuple[float, float]:
+        """The lag and the rows committed."""
         with urllib.request.urlopen(self.url, timeout=5) as r:
-            return float(LAG_RE.search(r.read()).group(1))
+            text = r.read()
+        return float(LAG_RE.search(text).group(1)), float(ROWS_RE.search(text).group(1))
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
             try:
-                self.samples.append((time.monotonic() - self.t0, self.phase, self.lag(),
-                                     *tree_rss(self.proc)))
+                lag, rows = self.metrics()
+                self.samples.append((time.monotonic() - self.t0, self.phase, lag,
+                                     *tree_rss(self.proc), rows))
             except (OSError, psutil.Error):
                 pass  # the follower stopping: its last samples are already in
 
-    def of(self, phase: str) -> list[tuple[float, str, float, int, int]]:
+    def of(self, phase: str) -> list[tuple[float, str, float, int, int, float]]:
         return [s for s in self.samples if s[1] == phase]
 
 
@@ -253,9 +259,10 @@ def main() -> None:
                     help="Overload arrival rate as a share of the batch items/s. Default: 1.5.")
     ap.add_argument("--drain-timeout-s", type=float, default=900,
                     help="Longest wait for the lag to drain after the overload. Default: 900.")
-    ap.add_argument("--warmup", type=int, default=8,
-                    help="Messages sent (and decided) before measuring: models loaded, first "
-                         "batches run. Default: 8.")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="Messages sent at once, and decided, before measuring. Default: the whole "
+                         "pool once, so that each image size has been through the models (their "
+                         "memory arenas grow with the first items, in the batch job too).")
     ap.add_argument("--brokers", default=None,
                     help="HOST:PORT[,…] of a real Kafka to use (topics created with unique names, "
                          "4 partitions) instead of a LocalKafka in this process.")
@@ -271,18 +278,18 @@ def main() -> None:
           f"{sum(1 for r in pool if not r.get('image'))} texts) from {items}")
     print(f"machine: {os.cpu_count()} CPUs; job flags: {args.job_flag or 'none'}", flush=True)
 
-    temp = None if args.work else tempfile.TemporaryDirectory(prefix="follow-latency-")
-    work = args.work or Path(temp.name)
+    work = args.work or Path(tempfile.mkdtemp(prefix="follow-latency-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         results = run(args, items, pool, work)
-    except BaseException:
-        if temp is not None:  # kept for diagnosis: the follower's stderr is there
-            temp._finalizer.detach()
-            print(f"work folder kept: {work}", file=sys.stderr)
+    except BaseException as exc:
+        # Kept for diagnosis: the follower's stderr is there.
+        print(f"work folder kept: {work}", file=sys.stderr)
+        if isinstance(exc, KeyboardInterrupt):
+            sys.exit(130)
         raise
-    if temp is not None:
-        temp.cleanup()
+    if args.work is None:
+        shutil.rmtree(work)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nfigures: {args.json}")
@@ -304,7 +311,7 @@ def run(args, items: Path, pool: list[dict], work: Path) -> dict:
     bootstrap = args.brokers or local.bootstrap
     run_id = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"follow-bench-{run_id}", f"follow-bench-{run_id}-decisions"
-    follower = decisions = sampler = None
+    follower = decisions = sampler = load = None
     try:
         create_topics(local, bootstrap, [topic_in, topic_out])
         out = work / "follow-out"
@@ -321,7 +328,8 @@ def run(args, items: Path, pool: list[dict], work: Path) -> dict:
         decisions = Decisions(bootstrap, topic_out)
         decisions.start()
         load = Load(bootstrap, topic_in, pool, args.seed)
-        warm = [load.send("warm-up") for _ in range(args.warmup)]
+        warmup = len(pool) if args.warmup is None else args.warmup
+        warm = [load.send("warm-up") for _ in range(warmup)]
         load.producer.flush(30)
         t = time.monotonic()
         wait_for("the warm-up's decisions", lambda: decisions.have(warm), 600, follower, stderr_path)
@@ -355,7 +363,6 @@ def run(args, items: Path, pool: list[dict], work: Path) -> dict:
         rc = follower.wait(300)  # it commits what is in flight first
         decisions.stop.set()
         decisions.join()
-        load.producer = None  # destroyed now, before its broker goes
     finally:
         for thread in (sampler, decisions):
             if thread is not None and thread.is_alive():
@@ -367,6 +374,8 @@ def run(args, items: Path, pool: list[dict], work: Path) -> dict:
                 follower.wait(60)
             except subprocess.TimeoutExpired:
                 follower.kill()
+        if load is not None:
+            load.producer = None  # destroyed now, before its broker goes
         if local is not None:
             local.close()
 
@@ -404,8 +413,13 @@ def report(args, batch, load, decisions, sampler, rows, committed_at, drain_s, r
     # items in flight there, which is not growth.
     s_slope = slope_per_min([s for s in steady if s[0] - steady[0][0] >= 0.1 * args.steady_s])
     o_slope = slope_per_min(over)
-    minute = [s for s in steady if s[0] - steady[0][0] < 60] if steady else []
-    last_minute = [s for s in steady if steady[-1][0] - s[0] < 60] if steady else []
+    # What the follower committed while overloaded: whether 150 % of the batch rate was more
+    # than it could do (on a shared machine the two can differ).
+    over_done = (over[-1][5] - over[0][5]) / (over[-1][0] - over[0][0]) if len(over) > 1 else float("nan")
+    # A minute each, a quarter of the phase when it is shorter than 4 minutes (so they never overlap).
+    window = min(60.0, args.steady_s / 4)
+    first = [s[2] for s in steady if s[0] - steady[0][0] < window] if steady else []
+    last = [s[2] for s in steady if steady[-1][0] - s[0] < window] if steady else []
     rss_start = rss(over)[0] if over else 0
     rss_max = max(rss(over), default=0)
     # Saturation fills the pipeline's bounded queues once (decoded frames waiting for OCR): a
@@ -427,19 +441,22 @@ def report(args, batch, load, decisions, sampler, rows, committed_at, drain_s, r
         "steady_commit_latency_s": {f"p{q}": pct(lat_commit, q) for q in (50, 95, 99)},
         "overload_latency_s": {f"p{q}": pct(lat_over, q) for q in (50, 99)} | {"n": len(lat_over)},
         "steady_lag": {"max": max((s[2] for s in steady), default=0),
-                       "mean_first_min": float(np.mean([s[2] for s in minute])) if minute else None,
-                       "mean_last_min": float(np.mean([s[2] for s in last_minute])) if last_minute else None,
+                       "window_s": window,
+                       "mean_first": float(np.mean(first)) if first else None,
+                       "mean_last": float(np.mean(last)) if last else None,
                        "slope_per_min": s_slope},
         "steady_rss_mib": {"start": rss(steady)[0] / 2**20 if steady else None,
                            "end": rss(steady)[-1] / 2**20 if steady else None},
         "overload_lag": {"max": max((s[2] for s in over), default=0), "slope_per_min": o_slope},
+        "overload_committed_per_s": over_done,
         "overload_rss_mib": {"start": rss_start / 2**20, "max": rss_max / 2**20,
                              "max_first_half": rss_first / 2**20, "max_second_half": rss_second / 2**20},
         "drain_s": drain_s, "follower_exit": rc,
         "produced": len(load.sent), "decided": len(decisions.first),
         "decision_messages": decisions.messages, "rows": sum(rows.values()),
         "missing": len(missing), "duplicated": len(duplicated), "unknown_rows": len(unknown),
-        "samples": [{"t": round(s[0], 2), "phase": s[1], "lag": s[2], "rss": s[3], "rss_follower": s[4]}
+        "samples": [{"t": round(s[0], 2), "phase": s[1], "lag": s[2], "rss": s[3], "rss_follower": s[4],
+                     "rows": s[5]}
                     for s in sampler.samples],
     }
     figures["pass"] = {
@@ -455,22 +472,23 @@ def report(args, batch, load, decisions, sampler, rows, committed_at, drain_s, r
     print(f"\n{'':<34}{'steady':>14}{'overload':>14}")
     print(f"{'arrivals (items/s, x batch)':<34}{f'{steady_rate:.2f} ({args.steady_load:g}x)':>14}"
           f"{f'{over_rate:.2f} ({args.overload_load:g}x)':>14}")
+    print(f"{'committed (items/s)':<34}{'':>14}{f'{over_done:.2f} ({over_done / batch:.2f}x)':>14}")
     print(f"{'decisions measured':<34}{len(lat):>14}{len(lat_over):>14}")
     print(f"{'decision latency p50 / p99 (s)':<34}"
           f"{pct(lat, 50):>6.2f} / {pct(lat, 99):<5.2f}{pct(lat_over, 50):>6.2f} / {pct(lat_over, 99):<5.2f}")
     print(f"{'lag max (messages)':<34}{f['steady_lag']['max']:>14.0f}{f['overload_lag']['max']:>14.0f}")
     print(f"{'lag slope (messages/min)':<34}{s_slope:>14.1f}{o_slope:>14.1f}")
     print(f"{'RSS start -> max (MiB)':<34}"
-          f"{f'{min(rss(steady), default=0) / 2**20:.0f}->{max(rss(steady), default=0) / 2**20:.0f}':>14}"
+          f"{f'{rss(steady)[0] / 2**20:.0f}->{max(rss(steady)) / 2**20:.0f}' if steady else '-':>14}"
           f"{f'{rss_start / 2**20:.0f}->{rss_max / 2**20:.0f}':>14}")
     print(f"{'RSS peak, 1st -> 2nd half (MiB)':<34}{'':>14}"
           f"{f'{rss_first / 2**20:.0f}->{rss_second / 2**20:.0f}':>14}")
     print(f"\nsteady latency p50/p95/p99: {pct(lat, 50):.2f} / {pct(lat, 95):.2f} / {pct(lat, 99):.2f} s, "
           f"of which input -> shard commit {pct(lat_commit, 50):.2f} / {pct(lat_commit, 95):.2f} / "
           f"{pct(lat_commit, 99):.2f} s")
-    if minute and last_minute:
-        print(f"steady lag mean, first vs last minute: {f['steady_lag']['mean_first_min']:.1f} vs "
-              f"{f['steady_lag']['mean_last_min']:.1f} messages")
+    if first and last:
+        print(f"steady lag mean, first vs last {window:.0f} s: {f['steady_lag']['mean_first']:.1f} vs "
+              f"{f['steady_lag']['mean_last']:.1f} messages")
     print(f"drain: lag 0 and every key decided {drain_s:.1f} s after the load stopped" if drain_s
           is not None else f"drain: NOT drained after {args.drain_timeout_s:.0f} s", f"; follower exit {rc}",
           sep="")
