@@ -112,7 +112,12 @@ class KafkaFollower(FollowSource):
         log.info("consumer %s of group %s follows %s", self.name, self.group, self.url.topic)
         while not stop.is_set():
             self._commit_offsets()
-            for message in self.consumer.consume(BATCH, timeout=min(self.poll_s, 0.5)):
+            # consume(n, timeout) waits until n messages or the timeout: asked for a whole batch,
+            # a trickle would wait up to the timeout each time. Wait for one, take what is queued.
+            messages = self.consumer.consume(1, timeout=min(self.poll_s, 0.5))
+            if messages:
+                messages += self.consumer.consume(BATCH - 1, timeout=0)
+            for message in messages:
                 if message.error():
                     self._on_error(message.error())
                     continue
