@@ -125,7 +125,7 @@ class ShardClock:
             raise self.failure
 
     def _run(self) -> None:
-        tick = min(0.2, self.shard_seconds / 4)
+        tick = min(0.2, self.shard_seconds / 20)  # a shard waits at most 5 % past its time
         while not self.done.wait(tick):
             try:
                 with self.lock:
