@@ -15,11 +15,10 @@ last 5 MiB of each partition).
 3. Steady: Poisson arrivals at 0.5 x batch items/s for --steady-s. Decision latency of an item is
    the timestamp of its first decision message minus that of its input message (both set from this
    machine's clock); it is split at the commit of the item's shard (the shard file's mtime). On
-   LocalKafka about 0.3 s of it (up to 0.5 s) is the mock broker's: it answers a fetch at
-   fetch.wait.max.ms (librdkafka's 500 ms) even when a message came meanwhile, where Kafka
-   answers once there is one; the follower keeps librdkafka's defaults, as users run it, so the
-   figure errs on the safe side. Every second: the lag (`mmpipe_follow_lag_messages`) and the RSS
-   of the follower and its decode processes.
+   LocalKafka up to 0.1 s of it is the mock broker's: it answers a fetch at fetch.wait.max.ms
+   (the follower's default, 100 ms) even when a message came meanwhile, where Kafka answers once
+   there is one, so the figure errs on the safe side. Every second: the lag
+   (`mmpipe_follow_lag_messages`) and the RSS of the follower and its decode processes.
 4. Overload: Poisson at 1.5 x for --overload-s, then no more messages: the lag must grow while RSS
    stays flat, then drain to 0 with every key decided. The follower then gets SIGTERM (exit 0),
    and every committed shard under OUT is read: each key produced must have exactly one row.
