@@ -171,13 +171,18 @@ def emitted_up_to(out: Path, shard: int) -> bool:
     return (OutputDir(out).read_json(EMITTED) or {}).get("shard") == f"part-{shard:05d}.parquet"
 
 
-@pytest.mark.slow
-def test_a_moderate_follower_emits_its_decisions_and_a_restart_those_after_the_mark(broker, tmp_path):
-    folder, out, url = tmp_path / "in", tmp_path / "out", topic_url(broker)
+def moderation_inputs(folder: Path) -> Path:
+    """A photo to allow, a text to block and an empty file (an error row)."""
     folder.mkdir()
     photo(1, size=(200, 150)).save(folder / "plain.png")
     (folder / "comment.txt").write_text("you are a stupid idiot")
     (folder / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_moderate_follower_emits_its_decisions_and_a_restart_those_after_the_mark(broker, tmp_path):
+    folder, out, url = moderation_inputs(tmp_path / "in"), tmp_path / "out", topic_url(broker)
     options = dict(follow=True, emit=url, ocr=False, shard_size=1, shard_seconds=0.5,
                    settle_s=0.2, poll_s=0.1, batch_size=4, progress=False)
 

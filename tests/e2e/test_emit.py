@@ -9,10 +9,9 @@ import signal
 
 import pytest
 
-from tests.conftest import photo
 from tests.e2e.test_cli import run_cli
 from tests.e2e.test_follow import committed, committed_ids, follow, stop, wait_for
-from tests.test_kafka_emit import read_topic, topic_url
+from tests.test_kafka_emit import moderation_inputs, read_topic, topic_url
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +26,7 @@ def emitted_shard(out) -> str | None:
 
 @pytest.mark.slow
 def test_kill_9_after_a_commit_then_a_restart_emits_every_decision(broker, tmp_path):
-    folder, out, url = tmp_path / "in", tmp_path / "out", topic_url(broker)
-    folder.mkdir()
-    photo(1, size=(200, 150)).save(folder / "plain.png")
-    (folder / "comment.txt").write_text("you are a stupid idiot")
-    (folder / "empty.jpg").write_bytes(b"")
+    folder, out, url = moderation_inputs(tmp_path / "in"), tmp_path / "out", topic_url(broker)
     args = ["moderate", str(folder), "--out", str(out), "--emit", url, *FAST]
     first = follow(*args)
     # Killed as soon as the commit log has the first shard: its decisions may not be delivered yet.

@@ -81,11 +81,15 @@ def jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model_spec, tmp_path):
-    folder, out = tmp_path / "in", tmp_path / "out"
+def jpeg_folder(folder: Path, n: int) -> Path:
     folder.mkdir()
-    for i in range(3):
+    for i in range(n):
         (folder / f"a{i}.jpg").write_bytes(jpeg(i))
+    return folder
+
+
+def test_new_files_are_picked_up_a_trickle_commits_and_ctrl_c_exits_0(tiny_model_spec, tmp_path):
+    folder, out = jpeg_folder(tmp_path / "in", 3), tmp_path / "out"
     # 1000-row shards: only --shard-seconds commits this trickle.
     proc = follow("embed", str(folder), "--out", str(out), "--model", tiny_model_spec,
                   "--shard-size", "1000", "--shard-seconds", "1", "--price-per-hour", "2.5", *FAST)

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from tests.e2e.test_cli import run_cli
-from tests.e2e.test_follow import FAST, committed_ids, follow, jpeg, stop, wait_for
+from tests.e2e.test_follow import FAST, committed_ids, follow, jpeg_folder, stop, wait_for
 from tests.test_follow_metrics import scrape
 
 pytestmark = pytest.mark.e2e
@@ -17,10 +17,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.slow
 def test_a_follower_serves_its_metrics_until_sigterm(tiny_model_spec, tmp_path):
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"a{i}.jpg").write_bytes(jpeg(i))
+    folder, out = jpeg_folder(tmp_path / "in", 3), tmp_path / "out"
     proc = follow("embed", str(folder), "--out", str(out), "--model", tiny_model_spec,
                   "--shard-seconds", "0.5", "--metrics-port", "0", *FAST)
     manifest = out / "_manifest.json"
