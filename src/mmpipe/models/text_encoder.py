@@ -63,10 +63,20 @@ def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool =
     folder = spec.local_dir()
     config, tokenizer = read_checkpoint(folder, AutoConfig, allow_pickle, "a text encoder")
     pooling = _pooling(folder)
-    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
-    return LoadedTextEncoder(TokenIds(tokenizer, limit),
+    return LoadedTextEncoder(TokenIds(tokenizer, _max_tokens(folder, config, tokenizer)),
                              lambda: TextEncoder(folder, pooling, allow_pickle, device),
                              int(config.hidden_size), spec)
+
+
+def _max_tokens(folder: Path, config, tokenizer) -> int:
+    """How many tokens of a text the model reads, [CLS] and [SEP] included: the checkpoint's
+    ``max_seq_length`` (sentence_bert_config.json), which sentence-transformers cuts at and is
+    often below what the model could read (all-MiniLM-L6-v2: 256 of 512), within the
+    tokenizer's limit and the position table's."""
+    path = folder / "sentence_bert_config.json"
+    own = json.loads(path.read_text()).get("max_seq_length") if path.is_file() else None
+    return min(int(own or 1 << 30), int(getattr(config, "max_position_embeddings", 512)),
+               int(getattr(tokenizer, "model_max_length", 512) or 512))
 
 
 def _pooling(folder: Path) -> str:
