@@ -17,7 +17,7 @@ import pytest
 from mmpipe.models import TowerEmbedder
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
-from tests.conftest import RunningServer, photo
+from tests.conftest import SIGLIP_TOKENS, RunningServer, photo
 
 
 def png_url(seed: int) -> str:
@@ -55,6 +55,17 @@ def test_text_vectors_through_the_openai_client_match_transformers(client, refer
     assert result.usage.prompt_tokens == result.usage.total_tokens == want_tokens
     floats = client.embeddings.create(model="tiny-clip", input="two dogs", encoding_format="float")
     np.testing.assert_allclose(floats.data[0].embedding, got[2], atol=1e-6)
+
+
+def test_a_text_past_the_position_limit_is_cut_there_and_counted_as_read(server, reference):
+    # The tiny CLIP's text tower has 32 positions (a real one 77); "x" * 200 is 202 tokens.
+    long = "x" * 200
+    assert len(reference.tokenizer(long)["input_ids"]) == 202
+    code, _, body = server.post("/v1/embeddings", {"model": "tiny-clip", "input": [long, "two dogs"]})
+    assert code == 200, body
+    got = np.array([d["embedding"] for d in body["data"]])
+    np.testing.assert_allclose(got, reference.text_vectors([long, "two dogs"]), atol=1e-5)
+    assert body["usage"]["prompt_tokens"] == 32 + len(reference.tokenizer("two dogs")["input_ids"])
 
 
 def test_images_and_texts_share_one_request(server, reference):
@@ -236,14 +247,17 @@ def test_a_siglip_checkpoint_serves_texts_and_images(tiny_siglip_spec, siglip_re
     s = start(tiny_siglip_spec, name="tiny-siglip")
     try:
         code, _, body = s.post("/v1/embeddings", {"model": "tiny-siglip", "input": [
-            "two dogs", {"type": "image_url", "image_url": {"url": png_url(3)}}]})
+            "two dogs", {"type": "image_url", "image_url": {"url": png_url(3)}}, "x" * 40]})
         assert code == 200, body
-        np.testing.assert_allclose(body["data"][0]["embedding"],
-                                   siglip_reference.text_vectors(["two dogs"])[0], atol=1e-5)
+        texts = siglip_reference.text_vectors(["two dogs", "x" * 40])
+        np.testing.assert_allclose(body["data"][0]["embedding"], texts[0], atol=1e-5)
         np.testing.assert_allclose(body["data"][1]["embedding"],
                                    siglip_reference.image_vectors([photo(3)])[0], atol=1e-5)
-        # The text's own tokens, not the padding the model reads them with.
-        assert body["usage"]["prompt_tokens"] == len(siglip_reference.tokenizer("two dogs")["input_ids"])
+        np.testing.assert_allclose(body["data"][2]["embedding"], texts[1], atol=1e-5)
+        # The text's own tokens, not the padding the model reads them with; a long text's
+        # SIGLIP_TOKENS, where its text tower cuts it.
+        assert body["usage"]["prompt_tokens"] == (
+            len(siglip_reference.tokenizer("two dogs")["input_ids"]) + SIGLIP_TOKENS)
     finally:
         s.stop()
 
