@@ -53,7 +53,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.batchers, app.state.metrics = batchers, metrics
+    app.state.batchers, app.state.metrics, app.state.embeddings = batchers, metrics, embeddings
 
     # Added first, so inside LatencyMiddleware: refusals at the door are timed and counted too.
     at_door = {"/v1/moderations": batchers["moderations"]}

@@ -11,7 +11,6 @@ counted apart in ``usage.images``.
 from __future__ import annotations
 
 import base64
-import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -32,8 +31,6 @@ from .config import Embeddings, ServeConfig
 from .errors import RequestError
 from .inputs import InputLimits, failed_items, part_item
 from .served import ServedModel, served_model
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,21 +71,25 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
         loaded = load_embedder(spec, e.device, variant.weights_precision, e.allow_pickle)
         model = gated_embedder(loaded, variant, gate, options.batch_size,
                                partial(run_here, resources=model_resources(options)))
-        return _logged(EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
-                                      model.preprocessor.text, True, e, model.describe()))
+        return EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
+                              model.preprocessor.text, True, e, model.describe())
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
     if not variant.is_reference:
         from ..models.onnx_text_encoder import gated_text_encoder  # imports torch
 
         encoder = gated_text_encoder(encoder, variant, e.device, gate)
-    return _logged(EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
-                                  encoder.dim, encoder.tokenize, False, e,
-                                  encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None}))
+    return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
+                          encoder.dim, encoder.tokenize, False, e,
+                          encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None})
 
 
-def _logged(model: EmbeddingModel) -> EmbeddingModel:
-    log.info("embeddings: %s (%s) as %s", model.served.name, model.spec, model.variant)
-    return model
+def variant_line(model: EmbeddingModel) -> str:
+    """The variant the server runs and its accuracy against eager fp32, for the startup log."""
+    v = model.variant
+    figures = "; ".join(f"{tower} mean cosine {a['mean_cosine']:.4f}, min {a['min_cosine']:.4f}"
+                        for tower, a in (v["accuracy"] or {}).items())
+    return (f"embeddings: {model.served.name} ({model.spec}) runs {v['precision']} {v['runtime']}"
+            + (f"; against eager fp32: {figures}" if figures else ""))
 
 
 def _default_name(spec: str) -> str:
