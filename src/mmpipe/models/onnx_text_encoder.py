@@ -63,9 +63,11 @@ def onnx_graph(loaded: LoadedTextEncoder, cache: Path, precision: str) -> Path:
     """The graph in ``precision`` (fp32 or int8), exported and quantised first when ``cache``
     lacks it."""
     path, fp32 = cache / f"text-encoder.{precision}.onnx", cache / "text-encoder.fp32.onnx"
+    if path.is_file():
+        return path
     if not fp32.is_file():
         export_text_encoder(loaded, fp32)
-    if not path.is_file():
+    if precision == "int8":
         with atomic_path(path) as tmp:
             quantise_matmuls(fp32, tmp)
     return path
