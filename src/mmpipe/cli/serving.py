@@ -42,6 +42,7 @@ def serve(
 
     from ..serve.app import create_app
     from ..serve.config import load_serve_config
+    from ..serve.embeddings import variant_line
 
     cfg = load_serve_config(config, host=host, port=port, policy=policy, embedding_model=embedding_model,
                             search_index=search_index, max_batch_size=max_batch_size,
@@ -49,6 +50,8 @@ def serve(
                             max_inflight_per_replica=max_inflight_per_replica)
     err.print("loading models…", markup=False)
     app_ = create_app(cfg)
+    if app_.state.embeddings:
+        err.print(variant_line(app_.state.embeddings), markup=False)
     routes = "/v1/moderations" + (", /v1/embeddings" if cfg.embeddings or cfg.search else "") \
         + (", /v1/search" if cfg.search else "")
     err.print(f"serving {routes} on http://{cfg.host}:{cfg.port} (metrics: /metrics)", markup=False)

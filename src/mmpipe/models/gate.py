@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,10 +28,35 @@ def gated_variant(loaded: LoadedEmbedder, variant: Variant, gate: Gate = Gate())
     wrapped = EmbedderVariant.wrap(loaded, variant)
     if variant.is_reference:
         return wrapped
-    figures = _cached(wrapped) or _measure(wrapped)
+    figures = measured(accuracy_path(wrapped.cache, variant, loaded.device), partial(_measure, wrapped))
+    return replace(wrapped, accuracy=enforced(figures, variant, loaded.spec, gate))
+
+
+def measured(path: Path, measure: Callable[[], dict[str, Accuracy]]) -> dict[str, Accuracy]:
+    """The figures cached at ``path`` (made on this evaluation set), else ``measure()``'s, cached."""
+    try:
+        data = json.loads(path.read_text())
+        if data.pop("eval_set", None) == eval_set.VERSION:
+            return {tower: Accuracy.from_dict(figures) for tower, figures in data.items()}
+    except (OSError, ValueError):
+        pass
+    figures = measure()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"eval_set": eval_set.VERSION,
+                                   **{tower: a.to_dict() for tower, a in figures.items()}}))
+    return figures
+
+
+def enforced(figures: dict[str, Accuracy], variant: Variant, spec, gate: Gate) -> dict[str, dict]:
+    """``figures`` as a manifest records them; raises ``AccuracyGateError`` below ``gate``."""
     for tower, accuracy in figures.items():
-        enforce(f"{variant} ({tower} embeddings of {loaded.spec})", accuracy, gate)
-    return replace(wrapped, accuracy={tower: a.to_dict() for tower, a in figures.items()})
+        enforce(f"{variant} ({tower} embeddings of {spec})", accuracy, gate)
+    return {tower: a.to_dict() for tower, a in figures.items()}
+
+
+def accuracy_path(cache: Path, variant: Variant, device: str) -> Path:
+    where = device.replace(":", "")  # bf16 on a GPU and on a CPU round differently
+    return cache / f"accuracy-{variant.precision}-{variant.runtime}-{where}.json"
 
 
 def gated_embedder(loaded: LoadedEmbedder, variant: Variant, gate: Gate, batch_size: int,
@@ -50,11 +76,7 @@ def _measure(wrapped: EmbedderVariant) -> dict[str, Accuracy]:
     want = _embed(reference, pixels, tokens)
     del reference
     got = _embed(wrapped.make_embedder(), pixels, tokens)
-    figures = {tower: embedding_accuracy(want[tower], got[tower]) for tower in want}
-    with atomic_path(_path(wrapped)) as tmp:
-        tmp.write_text(json.dumps({"eval_set": eval_set.VERSION,
-                                   **{tower: a.to_dict() for tower, a in figures.items()}}))
-    return figures
+    return {tower: embedding_accuracy(want[tower], got[tower]) for tower in want}
 
 
 def _embed(embedder, pixels: np.ndarray, tokens: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,18 +84,3 @@ def _embed(embedder, pixels: np.ndarray, tokens: list[np.ndarray]) -> dict[str, 
                                      for i in range(0, len(pixels), BATCH)]),
             "text": np.concatenate([embedder.embed_texts(tokens[i: i + BATCH])
                                     for i in range(0, len(tokens), BATCH)])}
-
-
-def _cached(wrapped: EmbedderVariant) -> dict[str, Accuracy] | None:
-    try:
-        data = json.loads(_path(wrapped).read_text())
-    except (OSError, ValueError):
-        return None
-    if data.pop("eval_set", None) != eval_set.VERSION:
-        return None
-    return {tower: Accuracy.from_dict(figures) for tower, figures in data.items()}
-
-
-def _path(wrapped: EmbedderVariant):
-    where = wrapped.device.replace(":", "")  # bf16 on a GPU and on a CPU round differently
-    return wrapped.cache / f"accuracy-{wrapped.variant.precision}-{wrapped.variant.runtime}-{where}.json"

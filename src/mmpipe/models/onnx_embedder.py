@@ -68,7 +68,7 @@ def onnx_towers(variant, precision: str) -> dict[str, Path]:
     if precision == "int8":
         for tower in TOWERS:
             with atomic_path(paths[tower]) as tmp:
-                _quantise(fp32[tower], tmp)
+                quantise_matmuls(fp32[tower], tmp)
     return paths
 
 
@@ -86,7 +86,7 @@ def export_towers(loaded: LoadedEmbedder, paths: dict[str, Path]) -> None:
             ("image", _ImageTower(model), (PixelNormaliser(pre)(pixels),), {"pixel_values": {0: "batch"}}),
             ("text", _TextTower(model), (ids, mask), {"input_ids": text_axes, "attention_mask": text_axes})):
         with atomic_path(paths[tower]) as tmp:
-            _export(module, args, axes, tmp)
+            export_graph(module, args, axes, tmp)
     reference = TowerEmbedder(model, replace(loaded, device="cpu", precision="fp32"))
     with atomic_path(paths["image"].parent / SIGMOID) as tmp:
         tmp.write_text(json.dumps(reference.sigmoid))
@@ -119,7 +119,13 @@ class _TextTower(torch.nn.Module):
         return projected(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
-def _export(module, args: tuple, dynamic: dict, path: Path) -> None:
+def export_graph(module, args: tuple, dynamic: dict, path: Path) -> None:
+    """``module`` (a wrapper around a model) to ONNX; ``dynamic``: each input's dynamic axes."""
+    # The exporter puts the module in eval mode and, after, back in the mode it found it in,
+    # recursively: a new wrapper is in training mode, so the model inside was left in training
+    # mode, its dropout on. CLIP has no dropout; MiniLM's eager reference drifted to cosine
+    # 0.93-0.96 from the (correct) graph, and differently on every run.
+    module.eval()
     # The TorchScript exporter: deprecated, but the torch.export-based one (which would also need
     # onnxscript) wrote a text tower onnxruntime refused to load. Its tracer warnings are about
     # Python conditions on shapes, which the parity check covers.
@@ -130,7 +136,7 @@ def _export(module, args: tuple, dynamic: dict, path: Path) -> None:
                           dynamo=False)
 
 
-def _quantise(src: Path, dst: Path) -> None:
+def quantise_matmuls(src: Path, dst: Path) -> None:
     """Int8 weights for the MatMuls (where a transformer's time goes), activations quantised per
     batch. Not ``models.onnx_int8``'s dynamic setting, made for a conv net: unsigned weights ran
     ViT-B/32's MatMulInteger at 0.85x fp32 here, signed ones at 2x; and onnxruntime's symbolic

@@ -30,22 +30,32 @@ class TextEncoder:
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
         torch = self.torch
-        longest = max(len(t) for t in token_lists)
-        ids = np.full((len(token_lists), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, t in enumerate(token_lists):
-            ids[i, : len(t)], mask[i, : len(t)] = t, 1
+        ids, mask = padded(token_lists, self.pad_id)
         with torch.inference_mode():
             mask_t = torch.from_numpy(mask).to(self.device)
             hidden = self.model(input_ids=torch.from_numpy(ids).to(self.device),
                                 attention_mask=mask_t).last_hidden_state
-            if self.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:  # padding must not count in the mean
-                weights = mask_t.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-            pooled = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return pooled.float().cpu().numpy()
+            return pooled(hidden, mask_t, self.pooling).float().cpu().numpy()
+
+
+def padded(token_lists: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The texts' ids in one batch padded to the longest, and the mask of real tokens."""
+    longest = max(len(t) for t in token_lists)
+    ids = np.full((len(token_lists), longest), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, t in enumerate(token_lists):
+        ids[i, : len(t)], mask[i, : len(t)] = t, 1
+    return ids, mask
+
+
+def pooled(hidden, mask, pooling: str):
+    """One L2-normalised vector per text from the transformer's last hidden states (torch)."""
+    if pooling == "cls":
+        vectors = hidden[:, 0]
+    else:  # padding must not count in the mean
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class LoadedTextEncoder:
     make_encoder: Callable[[], TextEncoder]
     dim: int
     spec: ModelSpec
+    variant: dict | None = None  # a faster variant's precision, runtime and accuracy vs eager fp32
 
 
 def load_text_encoder(spec: ModelSpec, device: str = "cpu", allow_pickle: bool = False) -> LoadedTextEncoder:

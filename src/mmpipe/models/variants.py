@@ -56,8 +56,9 @@ class Variant:
         """The dtype the checkpoint loads in before the variant wraps it."""
         return "fp32" if self.precision == "int8" else self.precision
 
-    def check(self, device: str) -> None:
-        """Refuse, naming the flag, what cannot run or would not be faster."""
+    def check(self, device: str, sentence_encoder: bool = False) -> None:
+        """Refuse, naming the flag, what cannot run or would not be faster (``sentence_encoder``:
+        for a ``text_encoder`` model, which runs eager fp32 or onnx)."""
         if self.precision not in PRECISIONS:
             raise ConfigError("--precision", f"must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if self.runtime not in RUNTIMES:
@@ -74,6 +75,9 @@ class Variant:
                                            "use --runtime compile")
         if self.runtime == "onnx" and self.precision not in ("fp32", "int8"):
             raise ConfigError("--precision", f"--runtime onnx runs fp32 or int8, not {self.precision}")
+        if sentence_encoder and not (self.is_reference or self.runtime == "onnx"):
+            raise ConfigError("--runtime", f"a sentence encoder runs eager fp32 or onnx fp32 / int8, "
+                                           f"not {self}")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             await asyncio.to_thread(batcher.close)
 
     app = FastAPI(title="mmpipe", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.batchers, app.state.metrics = batchers, metrics
+    app.state.batchers, app.state.metrics, app.state.embeddings = batchers, metrics, embeddings
 
     # Added first, so inside LatencyMiddleware: refusals at the door are timed and counted too.
     at_door = {"/v1/moderations": batchers["moderations"]}
@@ -94,9 +94,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        ids = [MODEL_ID] + ([embeddings.served.name] if embeddings else [])
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": int(time.time()),
-                                            "owned_by": "mmpipe"} for i in ids]}
+        created = int(time.time())
+        data = [{"id": MODEL_ID, "object": "model", "created": created, "owned_by": "mmpipe"}]
+        if embeddings:  # with the variant it runs and that variant's accuracy against eager fp32
+            data.append({"id": embeddings.served.name, "object": "model", "created": created,
+                         "owned_by": "mmpipe", "variant": embeddings.variant})
+        return {"object": "list", "data": data}
 
     def post(path: str, answer: Callable[[dict], Awaitable[dict]] | None,
              missing: Callable[[], RequestError] | None = None) -> None:

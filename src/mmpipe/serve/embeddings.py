@@ -41,6 +41,7 @@ class EmbeddingModel:
     tokenize: Callable[[str], np.ndarray]  # what the model reads of a text, for usage
     images: bool  # an image-text embedder embeds images too; a sentence encoder only texts
     settings: Embeddings
+    variant: dict  # precision, runtime and, for a faster variant, its accuracy vs eager fp32
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -55,27 +56,40 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
     e = config.embeddings
     spec = ModelSpec.parse(e.model, "embeddings.model")
     name = e.name or _default_name(str(spec))
-    if spec.random_weights or checkpoint_family(spec.local_dir()) is not None:
+    image_text = spec.random_weights or checkpoint_family(spec.local_dir()) is not None
+    variant = Variant(e.precision, e.runtime)
+    try:
+        variant.check(e.device, sentence_encoder=not image_text)
+    except ConfigError as exc:  # named as the job's flag; here it is a field of the config
+        raise ConfigError(f"embeddings.{exc.key}", exc.reason) from None
+    gate = Gate(min_mean_cosine=e.min_cosine)
+    if image_text:
         options = EmbeddingOptions(max_pixels=config.max_pixels, device=e.device)
-        variant = Variant(e.precision, e.runtime)
-        try:
-            variant.check(e.device)
-        except ConfigError as exc:  # named as the job's flag; here it is a field of the config
-            raise ConfigError(f"embeddings.{exc.key}", exc.reason) from None
         if spec.kind == "zeros" and not variant.is_reference:
             raise ConfigError("embeddings.precision", "zeros: (a benchmark's model that returns zero "
                                                       "vectors) runs eager fp32 only")
         loaded = load_embedder(spec, e.device, variant.weights_precision, e.allow_pickle)
-        model = gated_embedder(loaded, variant, Gate(min_mean_cosine=e.min_cosine), options.batch_size,
+        model = gated_embedder(loaded, variant, gate, options.batch_size,
                                partial(run_here, resources=model_resources(options)))
         return EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
-                              model.preprocessor.text, True, e)
-    if (e.precision, e.runtime) != ("fp32", "eager"):
-        raise ConfigError("embeddings.precision", f"precision and runtime variants are for image-text "
-                                                  f"embedders; {spec} is a sentence encoder")
+                              model.preprocessor.text, True, e, model.describe())
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
+    if not variant.is_reference:
+        from ..models.onnx_text_encoder import gated_text_encoder  # imports torch
+
+        encoder = gated_text_encoder(encoder, variant, e.device, gate)
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
-                          encoder.dim, encoder.tokenize, False, e)
+                          encoder.dim, encoder.tokenize, False, e,
+                          encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None})
+
+
+def variant_line(model: EmbeddingModel) -> str:
+    """The variant the server runs and its accuracy against eager fp32, for the startup log."""
+    v = model.variant
+    figures = "; ".join(f"{tower} mean cosine {a['mean_cosine']:.4f}, min {a['min_cosine']:.4f}"
+                        for tower, a in (v["accuracy"] or {}).items())
+    return (f"embeddings: {model.served.name} ({model.spec}) runs {v['precision']} {v['runtime']}"
+            + (f"; against eager fp32: {figures}" if figures else ""))
 
 
 def _default_name(spec: str) -> str:
