@@ -140,3 +140,28 @@ def test_before_any_batch_is_timed_only_the_hard_cap_refuses():
 
     admitted, refusal = asyncio.run(scenario())
     assert admitted == 64 and refusal == "64 items already queued (limit 64)"
+
+
+def test_the_door_holds_a_place_until_the_request_is_admitted():
+    batcher = DynamicBatcher(slow_model(), Batching(max_batch_size=4, max_queue=2), ServeMetrics())
+
+    async def request(i: int, body_read: asyncio.Event) -> list:
+        with batcher.door_place():  # let in at the door; its body is still being read
+            await body_read.wait()
+            return await batcher.submit([i])
+
+    async def scenario():
+        batcher.start()
+        try:
+            body_read = asyncio.Event()
+            requests = [asyncio.create_task(request(i, body_read)) for i in range(2)]
+            await asyncio.sleep(0)
+            while_reading = batcher.refusal()
+            body_read.set()
+            return while_reading, await asyncio.gather(*requests), batcher.held
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    while_reading, answers, held = asyncio.run(scenario())
+    assert while_reading == "2 items already queued (limit 2)"
+    assert answers == [[0], [1]] and held == 0  # each place became its own admission

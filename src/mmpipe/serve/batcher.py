@@ -12,11 +12,13 @@ loop only enqueues and awaits futures, so it stays responsive while models run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from .batch_times import BatchTimes
 from .config import Batching
@@ -33,6 +35,8 @@ from .served import ServedModel
 BUDGET_BATCHES = 2.0
 # Below the floor a wait is mostly HTTP and scheduling, not queue: refusing would save little.
 BUDGET_FLOOR_S, BUDGET_CEILING_S = 0.05, 10.0
+# The place the door holds for the request being handled: (batcher, [still held]).
+_HELD: ContextVar[tuple | None] = ContextVar("mmpipe_held_place", default=None)
 
 
 class Overloaded(Exception):
@@ -55,6 +59,7 @@ class DynamicBatcher:
     def __init__(self, model: ServedModel, batching: Batching, metrics: ServeMetrics):
         self.name, self.model, self.cfg, self.metrics = model.name, model, batching, metrics
         self.admitted = 0
+        self.held = 0  # places held at the door for requests whose bodies are being read
         self.preparing = 0  # admitted requests still being read/decoded: batch-mates on their way
         self.pending: deque[_Request] = deque()
         self.cond = threading.Condition()
@@ -86,9 +91,9 @@ class DynamicBatcher:
     def utilisation(self) -> float:
         """How close admission is to refusing a one-item request: the fuller of the item limit
         and the delay budget. An empty queue refuses nothing."""
-        items = self.admitted / self.cfg.max_queue
+        items = (self.admitted + self.held) / self.cfg.max_queue
         budget = self.delay_budget()
-        wait = self.estimated_wait(1) if budget is not None and self.admitted else None
+        wait = self.estimated_wait(1) if budget is not None and self.admitted + self.held else None
         return items if wait is None else max(items, wait / budget)
 
     def delay_budget(self) -> float | None:
@@ -112,7 +117,7 @@ class DynamicBatcher:
             now = time.monotonic()
             running = sum(max(self.batch_times.seconds(self._shape(n)) - (now - t0), 0.0)
                           for n, t0 in self.running if n)
-            queued = self.admitted - sum(n for n, _ in self.running) + items
+            queued = self.admitted + self.held - sum(n for n, _ in self.running) + items
             full, rest = divmod(max(queued, 1) - 1, self.cfg.max_batch_size)
             own = self.batch_times.seconds(self._shape(rest + 1))
             return (running + full * full_batch) / self.cfg.replicas + own
@@ -121,12 +126,13 @@ class DynamicBatcher:
         """Why a request of ``items`` would be refused now; None if it would be admitted. The
         server asks with one item before it reads a request's body (see ``OverloadShedding``)."""
         with self.cond:
-            if self.admitted + items > self.cfg.max_queue:
-                return f"{self.admitted} items already queued (limit {self.cfg.max_queue})"
+            queued = self.admitted + self.held
+            if queued + items > self.cfg.max_queue:
+                return f"{queued} items already queued (limit {self.cfg.max_queue})"
             # An empty queue admits whatever the estimate says: refusing would shorten no one's
             # wait, and the estimate only learns from batches that run.
             budget = self.delay_budget()
-            if budget is not None and self.admitted:
+            if budget is not None and queued:
                 wait = self.estimated_wait(items)
                 if wait is not None and wait > budget:
                     source = ("max_queue_delay_ms" if self.cfg.max_queue_delay_ms is not None
@@ -135,11 +141,37 @@ class DynamicBatcher:
                             f"{budget * 1000:.0f} ms delay budget ({source})")
             return None
 
+    @contextlib.contextmanager
+    def door_place(self) -> Iterator[None]:
+        """Holds one item's place for a request let in at the door, from before its body is read
+        until ``submit`` admits or refuses it (or it ends otherwise). Without it, every request
+        that arrived while a place was free passed the door: under overload, many more than the
+        free places then had their bodies read and parsed only to be refused at admission, the
+        costly refusal the door is there to spare the replicas."""
+        held = [True]
+        with self.cond:
+            self.held += 1
+        token = _HELD.set((self, held))
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+            self._release(held)
+
+    def _release(self, held: list) -> None:
+        with self.cond:
+            if held[0]:
+                held[0] = False
+                self.held -= 1
+
     async def submit(self, items: Sequence[Any]) -> list[Any]:
         """Records for ``items`` (in order): prepared (media in a thread of this request's own),
         then batched with other requests' items. Raises Overloaded when they cannot be admitted,
         before any work is spent on them."""
         with self.cond:
+            place = _HELD.get()
+            if place is not None and place[0] is self:
+                self._release(place[1])  # the place becomes this admission, or its refusal
             reason = self.refusal(len(items))
             if reason is not None:
                 raise Overloaded(reason)
