@@ -243,8 +243,8 @@ class DynamicBatcher:
                 batch += mates
                 size += sum(len(r.items) for r in mates)
                 # Still waiting after a pick: they did not fit, and no arrival will change that.
-                full = size >= cfg.max_batch_size or len(batch) >= limit or self.pending
-                if full or not self._wait_for_arrivals(deadline):
+                done = size >= cfg.max_batch_size or len(batch) >= limit or self.pending
+                if done or not self._wait_for_arrivals(deadline):
                     break
             self.running[replica] = (size, time.monotonic())
             return batch
@@ -260,16 +260,20 @@ class DynamicBatcher:
 
     def _take_closest(self, length: int | None, room: int, count: int) -> list[_Request]:
         """Up to ``count`` waiting requests of ``room`` items in all, closest to ``length`` first,
-        out of the queue."""
+        out of the queue. In arrival order (``length`` None), one that does not fit ends the pick:
+        those behind it keep their place."""
         self._drop_abandoned()
         waiting = list(self.pending)
         taken: list[_Request] = []
         for i in closest_first(length, [r.length for r in waiting]):
             if len(taken) == count or not room:
                 break
-            if len(waiting[i].items) <= room:  # bigger ones keep their place
-                taken.append(waiting[i])
-                room -= len(waiting[i].items)
+            if len(waiting[i].items) > room:
+                if length is None:
+                    break
+                continue
+            taken.append(waiting[i])
+            room -= len(waiting[i].items)
         if taken:
             chosen = {id(r) for r in taken}
             self.pending = deque(r for r in waiting if id(r) not in chosen)
