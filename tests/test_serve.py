@@ -169,6 +169,29 @@ def test_requests_that_would_wait_too_long_are_429_while_the_queue_has_room():
 
 
 @pytest.mark.slow
+def test_by_default_a_request_that_would_wait_past_two_batches_is_429():
+    """No delay budget configured: once batches are timed, a request behind more than two
+    batches' work is refused, at the door, with the OpenAI-style 429 and Retry-After."""
+    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=1, max_wait_ms=0))))
+    images = [{"type": "image_url", "image_url": {"url": data_url(f"caption number {i} to read")}}
+              for i in range(8)]
+    try:
+        assert s.post("/v1/moderations", {"input": images[:1]})[0] == 200  # a batch timed
+        with ThreadPoolExecutor(1) as pool:
+            filling = pool.submit(s.post, "/v1/moderations", {"input": images})
+            while s.get("/readyz")[1]["queued"] < 8:
+                assert not filling.done(), "the eight images were moderated before the check"
+            code, headers, body = s.post("/v1/moderations", {"input": "hi"})
+            assert filling.result()[0] == 200
+        assert code == 429 and headers.get("Retry-After") == "1"
+        assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "overloaded"
+        assert "delay budget (2 batches' time)" in body["error"]["message"]
+        assert s.post("/v1/moderations", {"input": "fine again"})[0] == 200
+    finally:
+        s.stop()
+
+
+@pytest.mark.slow
 def test_a_full_server_refuses_at_the_door_before_reading_the_body():
     """While the queue is full, a request is refused before its body is read: even a broken body
     gets the 429 (not the 400 that parsing it would give), with the same OpenAI-style error."""

@@ -1,5 +1,6 @@
-"""Latency-aware admission (``max_queue_delay_ms``): the batcher's batch-time estimate, and a
-batcher whose model takes a known time per batch, refusing what would wait past the budget."""
+"""Latency-aware admission: the batcher's batch-time estimate, the delay budget (two batches'
+time by default, or ``max_queue_delay_ms``), and a batcher whose model takes a known time per
+batch, refusing what would wait past the budget."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from mmpipe.serve.batch_times import BatchTimes
-from mmpipe.serve.batcher import DynamicBatcher, Overloaded
+from mmpipe.serve.batcher import BUDGET_BATCHES, BUDGET_FLOOR_S, DynamicBatcher, Overloaded
 from mmpipe.serve.config import Batching
 from mmpipe.serve.metrics import ServeMetrics
 from mmpipe.serve.served import ServedModel
@@ -73,8 +74,8 @@ def test_requests_that_would_wait_past_the_budget_are_refused_while_items_fit():
     assert recovered == ["again"] and left == 0
 
 
-def test_without_a_budget_only_items_bound_admission():
-    cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=12)
+def test_max_queue_is_a_hard_cap_whatever_the_budget():
+    cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=12, max_queue_delay_ms=600_000)
 
     async def scenario():
         batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
@@ -88,3 +89,79 @@ def test_without_a_budget_only_items_bound_admission():
     outcomes = asyncio.run(scenario())
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     assert len(refused) == 4 and all("limit 12" in str(exc) for exc in refused)
+
+
+def test_the_default_budget_is_two_full_batches_as_timed_within_a_floor():
+    batcher = DynamicBatcher(slow_model(), Batching(max_batch_size=8), ServeMetrics())
+    assert batcher.delay_budget() is None  # nothing timed yet: items alone bound admission
+    for n in [1, 8, 3, 6, 2, 8, 5] * 5:
+        batcher.batch_times.observe(n, FIXED_S + PER_ITEM_S * n)
+    assert batcher.delay_budget() == pytest.approx(BUDGET_BATCHES * (FIXED_S + PER_ITEM_S * 8))
+    fast = DynamicBatcher(slow_model(), Batching(max_batch_size=8), ServeMetrics())
+    fast.batch_times.observe(8, 0.001)
+    assert fast.delay_budget() == BUDGET_FLOOR_S
+    fixed = DynamicBatcher(slow_model(), Batching(max_batch_size=8, max_queue_delay_ms=40), ServeMetrics())
+    fixed.batch_times.observe(8, 1.0)
+    assert fixed.delay_budget() == pytest.approx(0.04)  # an explicit budget overrides the default
+
+
+def test_the_default_config_refuses_by_estimated_wait():
+    cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=1000)  # no max_queue_delay_ms
+
+    async def scenario():
+        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
+        batcher.start()
+        try:
+            for n in (1, 4, 2, 4):
+                await batcher.submit(list(range(n)))
+            # 200 items at once: room for all in the queue, but 50 batches (~3 s) of work.
+            return await asyncio.gather(*(batcher.submit([i]) for i in range(200)), return_exceptions=True)
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    outcomes = asyncio.run(scenario())
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    assert refused and len(refused) < 200
+    assert all("delay budget (2 batches' time)" in str(exc) for exc in refused)
+
+
+def test_before_any_batch_is_timed_only_the_hard_cap_refuses():
+    cfg = Batching(max_batch_size=4, max_queue=64)  # the default budget, nothing timed yet
+
+    async def scenario():
+        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())  # not started: nothing runs
+        waiting = [asyncio.create_task(batcher.submit([i])) for i in range(64)]
+        await asyncio.sleep(0)
+        admitted, refusal = batcher.admitted, batcher.refusal()
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return admitted, refusal
+
+    admitted, refusal = asyncio.run(scenario())
+    assert admitted == 64 and refusal == "64 items already queued (limit 64)"
+
+
+def test_the_door_holds_a_place_until_the_request_is_admitted():
+    batcher = DynamicBatcher(slow_model(), Batching(max_batch_size=4, max_queue=2), ServeMetrics())
+
+    async def request(i: int, body_read: asyncio.Event) -> list:
+        with batcher.door_place():  # let in at the door; its body is still being read
+            await body_read.wait()
+            return await batcher.submit([i])
+
+    async def scenario():
+        batcher.start()
+        try:
+            body_read = asyncio.Event()
+            requests = [asyncio.create_task(request(i, body_read)) for i in range(2)]
+            await asyncio.sleep(0)
+            while_reading = batcher.refusal()
+            body_read.set()
+            return while_reading, await asyncio.gather(*requests), batcher.held
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    while_reading, answers, held = asyncio.run(scenario())
+    assert while_reading == "2 items already queued (limit 2)"
+    assert answers == [[0], [1]] and held == 0  # each place became its own admission

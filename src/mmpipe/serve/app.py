@@ -162,7 +162,7 @@ class OverloadShedding:
     Under 5x overload, refusals that went through routing, body parsing, validation and the
     exception handlers took three quarters of the event loop's time, and the GIL with it, from
     the replicas: the overloaded server answered fewer requests than at capacity. A request that
-    passes the door is checked again, exactly, when admitted."""
+    passes the door holds a place until it is checked again, exactly, when admitted."""
 
     def __init__(self, app, batchers: dict[str, DynamicBatcher], on_refusal: Callable[[], None]):
         self.app, self.batchers, self.on_refusal = app, batchers, on_refusal
@@ -170,9 +170,12 @@ class OverloadShedding:
     async def __call__(self, scope, receive, send):
         post = scope["type"] == "http" and scope["method"] == "POST"
         batcher = self.batchers.get(scope["path"]) if post else None
-        reason = batcher.refusal() if batcher is not None else None
-        if reason is None:
+        if batcher is None:
             return await self.app(scope, receive, send)
+        reason = batcher.refusal()
+        if reason is None:
+            with batcher.door_place():
+                return await self.app(scope, receive, send)
         self.on_refusal()
         await error_response(_overloaded(reason))(scope, receive, send)
 

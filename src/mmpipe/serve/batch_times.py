@@ -1,5 +1,5 @@
 """How long a model's batch takes, learnt from the batches it runs: what latency-aware admission
-(``max_queue_delay_ms``) turns a queue of items into a wait in seconds with."""
+turns a queue of items into a wait in seconds with, and the default delay budget is made of."""
 
 from __future__ import annotations
 

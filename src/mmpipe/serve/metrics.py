@@ -21,9 +21,12 @@ class ServeMetrics:
                                     ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.padded = Counter("mmpipe_padded_items", "Padding items added to reach a shape bucket",
                               ["model"], registry=r)
+        self.tokens = Counter("mmpipe_batch_tokens", "Tokens of the texts in model batches (kind "
+                              "text) and pad tokens bringing each to its batch's longest (padding)",
+                              ["model", "kind"], registry=r)
         self.estimated_wait = Gauge("mmpipe_estimated_wait_seconds",
                                     "Estimated wait of a new one-item request (batches ahead and "
-                                    "its own), what max_queue_delay_ms is compared with",
+                                    "its own), what the delay budget is compared with",
                                     ["model"], registry=r)
         self.busy = Gauge("mmpipe_replica_busy", "1 while the replica runs a batch",
                           ["model", "replica"], registry=r)
