@@ -301,3 +301,12 @@ def broker() -> str:
 
     with LocalKafka() as kafka:
         yield kafka.bootstrap
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """A fresh MMPIPE_CACHE for one test module: its exports and measured figures, made anew."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("mmpipe-cache")
+        mp.setenv("MMPIPE_CACHE", str(path))
+        yield path

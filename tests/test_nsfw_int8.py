@@ -34,11 +34,8 @@ THRESHOLDS = load_policy(None).thresholds("open_nsfw")  # the shipped policy's 0
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        folder = tmp_path_factory.mktemp("cache")
-        mp.setenv("MMPIPE_CACHE", str(folder))
-        yield folder
+def cache(model_cache):
+    return model_cache
 
 
 @pytest.fixture(scope="module")

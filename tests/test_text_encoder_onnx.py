@@ -25,11 +25,8 @@ WORDS = "the cat sat on a red mat while two dogs ran past the old house by the r
 
 
 @pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("mmpipe-cache")
-        mp.setenv("MMPIPE_CACHE", str(path))
-        yield path
+def cache(model_cache):
+    return model_cache
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,8 @@ EXPECTED = {Variant("bf16"): 0.99, Variant("int8"): 0.99, Variant("fp32", "compi
 
 
 @pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("mmpipe-cache")
-        mp.setenv("MMPIPE_CACHE", str(path))
-        yield path
+def cache(model_cache):
+    return model_cache
 
 
 def build(spec: str, variant: Variant, gate: Gate = NO_GATE) -> EmbedderVariant:
