@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -150,15 +151,25 @@ def check_device(device: str, flag: str = "--device") -> None:
                                     f"(this machine has {torch.cuda.device_count()})")
 
 
+# One model built at a time in this process: stage workers load theirs in threads at once, and
+# neither transformers' loading (it switches process-wide state, such as whether modules
+# initialise their weights, while it builds a model) nor torch's global random generator (the
+# random: weights) may be shared by two builds. Without it a pipeline part now and then got
+# weights other than the checkpoint's.
+_BUILDING = threading.Lock()
+
+
 def _from_pretrained(fam: Family, folder: Path, safetensors: bool):
-    return fam.transformers_class(fam.model_class).from_pretrained(folder, use_safetensors=safetensors)
+    with _BUILDING:
+        return fam.transformers_class(fam.model_class).from_pretrained(folder, use_safetensors=safetensors)
 
 
 def _random_model(fam: Family, config):
     import torch
 
-    torch.manual_seed(0)  # every replica and every run gets the same random weights
-    return fam.transformers_class(fam.model_class)(config)
+    with _BUILDING:
+        torch.manual_seed(0)  # every replica and every run gets the same random weights
+        return fam.transformers_class(fam.model_class)(config)
 
 
 def _load_random(spec: ModelSpec, device: str, precision: str) -> LoadedEmbedder:
