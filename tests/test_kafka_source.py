@@ -69,11 +69,13 @@ def test_a_message_that_is_no_item_is_an_error_naming_where_it_is(value, says):
 
 def test_a_shard_records_the_first_offset_not_committed_and_the_done_ones_above_it():
     p = PartitionOffsets()
+    assert p.next_offset is None  # nothing read, no commit log: the group's offset decides
     for o in range(10, 16):
         assert p.receive(o)
     # 10 and 13 are still in flight when a shard with 11, 12, 14 commits
     assert p.entry([11, 12, 14]) == {"next": 10, "done": [[11, 12], [14, 14]]}
     p.commit([11, 12, 14])
+    assert p.next_offset == 10  # the broker's group offset: what lag tools count from
     assert p.entry([10]) == {"next": 13, "done": [[14, 14]]}
     p.commit([10])
     assert p.entry([13, 15]) == {"next": 16, "done": []}

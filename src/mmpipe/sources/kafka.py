@@ -146,7 +146,7 @@ class KafkaFollower(FollowSource):
                 if p in self.partitions:
                     state = self.partitions[p]
                     state.commit(offsets)
-                    self.to_commit[p] = state.entry(())["next"]
+                    self.to_commit[p] = state.next_offset
             return arrived
 
     def owns(self, item_id: str) -> bool:
@@ -155,8 +155,8 @@ class KafkaFollower(FollowSource):
 
     def lag(self) -> int:
         with self.lock:
-            return sum(max(self.high.get(p, 0) - (s.entry(())["next"] or 0), 0)
-                       for p, s in self.partitions.items() if s.read_to is not None or s.start is not None)
+            return sum(max(self.high.get(p, 0) - nxt, 0) for p, s in self.partitions.items()
+                       if (nxt := s.next_offset) is not None)
 
     def close(self) -> None:
         """Commit the last offsets and leave the group (its partitions move at once)."""

@@ -40,10 +40,17 @@ class PartitionOffsets:
         self.pending -= offsets
         _, self.done = self._after(offsets)
 
+    @property
+    def next_offset(self) -> int | None:
+        """The first offset not yet committed; None before anything was read or resumed."""
+        return self._first_uncommitted(self.pending)
+
     def _after(self, committing: set[int]) -> tuple[int, set[int]]:
-        pending = self.pending - committing
-        nxt = min(pending) if pending else (self.read_to if self.read_to is not None else self.start)
+        nxt = self._first_uncommitted(self.pending - committing)
         return nxt, {o for o in self.done | committing if o >= nxt}
+
+    def _first_uncommitted(self, pending: set[int]) -> int | None:
+        return min(pending) if pending else (self.read_to if self.read_to is not None else self.start)
 
 
 def resume(entries: Iterable[dict], topic: str) -> dict[int, PartitionOffsets]:
