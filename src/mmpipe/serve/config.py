@@ -10,7 +10,7 @@ Example::
     embeddings:            # optional: /v1/embeddings answers once a CLIP model is named
       model: path:/models/clip-vit-base-patch32
       precision: int8      # fp32, bf16, fp16 (GPU), int8 (CPU); gated against fp32
-      runtime: onnx        # eager, compile, onnx
+      runtime: onnx        # eager, compile, onnx (default: onnx for a sentence encoder)
       max_batch_size: 32
       buckets: [1, 4, 16, 32]
       max_queue_delay_ms: 100  # 429 for a request that would wait longer (default: 2 batches' time)
@@ -82,7 +82,10 @@ class Embeddings(Batching):
     name: str | None = None  # the id clients pass as `model`; default: derived from the spec
     device: str = "cpu"
     precision: Precision = "fp32"  # as `mmpipe embed --precision`
-    runtime: Runtime = "eager"  # as `mmpipe embed --runtime`
+    # As `mmpipe embed --runtime`. None: onnx for a sentence encoder on the CPU (the same vectors
+    # as eager, min cosine 0.9999999, and a single text in well under half eager's time), eager
+    # for everything else.
+    runtime: Runtime | None = None
     # The accuracy gate, as `mmpipe embed --min-cosine`.
     min_cosine: float = Field(default(Gate, "min_mean_cosine"), ge=-1, le=1)
     allow_pickle: bool = False

@@ -57,7 +57,7 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
     spec = ModelSpec.parse(e.model, "embeddings.model")
     name = e.name or _default_name(str(spec))
     image_text = spec.random_weights or checkpoint_family(spec.local_dir()) is not None
-    variant = Variant(e.precision, e.runtime)
+    variant = Variant(e.precision, e.runtime or default_runtime(image_text, e.device))
     try:
         variant.check(e.device, sentence_encoder=not image_text)
     except ConfigError as exc:  # named as the job's flag; here it is a field of the config
@@ -81,6 +81,12 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
                           encoder.dim, encoder.tokenize, False, e,
                           encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None})
+
+
+def default_runtime(image_text: bool, device: str) -> str:
+    """What ``embeddings.runtime`` means when unset: onnx for a sentence encoder on the CPU
+    (exported once and checked against eager), eager otherwise."""
+    return "eager" if image_text or device != "cpu" else "onnx"
 
 
 def variant_line(model: EmbeddingModel) -> str:
