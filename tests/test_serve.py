@@ -107,6 +107,14 @@ def test_bad_requests_get_openai_error_bodies(server, body, status, param, words
     assert words in error["message"] and error["param"] == param and error["type"]
 
 
+def test_other_methods_on_a_model_route_get_405_in_openai_shape(server):
+    code, answer = server.get("/v1/moderations")
+    assert code == 405 and answer["error"]["code"] == "method_not_allowed"
+    assert "takes POST" in answer["error"]["message"]
+    text = server.get_text("/metrics")[1]
+    assert 'mmpipe_request_seconds_count{route="/v1/moderations",status="405"}' in text, text[-2000:]
+
+
 def test_bodies_over_the_cap_are_413(server):
     code, _, answer = server.post("/v1/moderations", {"input": "x" * 3_000_000})
     assert code == 413 and "limit" in answer["error"]["message"]

@@ -124,15 +124,18 @@ class DynamicBatcher:
 
     def refusal(self, items: int = 1) -> str | None:
         """Why a request of ``items`` would be refused now; None if it would be admitted. The
-        server asks with one item before it reads a request's body (see ``OverloadShedding``)."""
+        server asks with one item before it reads a request's body (see ``model_routes.ModelRoutes``)."""
         with self.cond:
             queued = self.admitted + self.held
             if queued + items > self.cfg.max_queue:
                 return f"{queued} items already queued (limit {self.cfg.max_queue})"
             # An empty queue admits whatever the estimate says: refusing would shorten no one's
-            # wait, and the estimate only learns from batches that run.
+            # wait, and the estimate only learns from batches that run. Nor is a request refused
+            # that fits in the replicas' next batches with everything queued: it waits for the
+            # batches running and its own, which the budget allows by design; the estimate, still
+            # unripe in a server's first batches, only decides beyond that.
             budget = self.delay_budget()
-            if budget is not None and queued:
+            if budget is not None and queued and queued + items > self.cfg.max_batch_size * self.cfg.replicas:
                 wait = self.estimated_wait(items)
                 if wait is not None and wait > budget:
                     source = ("max_queue_delay_ms" if self.cfg.max_queue_delay_ms is not None

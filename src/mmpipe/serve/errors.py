@@ -16,15 +16,18 @@ class RequestError(Exception):
         self.headers = headers or {}
 
 
-KINDS = {400: "invalid_request_error", 404: "not_found_error", 413: "invalid_request_error",
-         429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
+KINDS = {400: "invalid_request_error", 404: "not_found_error", 405: "invalid_request_error",
+         413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable",
          504: "timeout_error"}
 
 
+def error_body(exc: RequestError) -> dict:
+    return {"error": {"message": exc.message, "type": KINDS.get(exc.status, "invalid_request_error"),
+                      "param": exc.param, "code": exc.code}}
+
+
 def error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, headers=exc.headers, content={"error": {
-        "message": exc.message, "type": KINDS.get(exc.status, "invalid_request_error"),
-        "param": exc.param, "code": exc.code}})
+    return JSONResponse(status_code=exc.status, headers=exc.headers, content=error_body(exc))
 
 
 def answer_bugs_in_openai_shape(app: FastAPI, on_bug: Callable[[], None] = lambda: None) -> None:
