@@ -20,8 +20,12 @@ from tests.conftest import RunningServer, photo
 
 @pytest.fixture(scope="module")
 def server():
-    s = RunningServer(create_app(ServeConfig(moderation=Moderation(max_batch_size=8, max_wait_ms=50),
-                                          max_body_bytes=2_000_000)))
+    # A budget of minutes: these tests send bursts of up to 1.5 batches at once, which the default
+    # budget (two batches, the running one included) may refuse in part; admission is
+    # test_serve_admission's subject.
+    s = RunningServer(create_app(ServeConfig(
+        moderation=Moderation(max_batch_size=8, max_wait_ms=50, max_queue_delay_ms=120_000),
+        max_body_bytes=2_000_000)))
     yield s
     s.stop()
 

@@ -165,3 +165,32 @@ def test_the_door_holds_a_place_until_the_request_is_admitted():
     while_reading, answers, held = asyncio.run(scenario())
     assert while_reading == "2 items already queued (limit 2)"
     assert answers == [[0], [1]] and held == 0  # each place became its own admission
+
+
+
+def test_a_finished_batch_leaves_the_estimate_before_its_requests_resume():
+    # On a busy event loop, requests resume (and leave `admitted`) a while after their batch
+    # finished; meanwhile the replicas have no work left, and the estimate must say so.
+    cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=64)
+
+    async def scenario():
+        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
+        batcher.start()
+        try:
+            for n in (1, 4, 2, 4):
+                await batcher.submit(list(range(n)))
+            idle = batcher.estimated_wait(1)
+            waiting = [asyncio.create_task(batcher.submit([i])) for i in range(8)]
+            await asyncio.sleep(0)
+            queued = batcher.estimated_wait(1)
+            time.sleep(1.0)  # the loop blocked: two batches (~0.12 s) finish, nobody resumes
+            stale = batcher.admitted, batcher.estimated_wait(1)
+            await asyncio.gather(*waiting)
+            return idle, queued, stale, (batcher.admitted, batcher.unfinished)
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    idle, queued, (admitted, after_batches), drained = asyncio.run(scenario())
+    assert queued > 2 * idle  # eight items ahead: two batches
+    assert admitted == 8 and after_batches < 1.5 * idle  # its own batch alone (as newly timed)
+    assert drained == (0, 0)

@@ -49,6 +49,7 @@ class _Request:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     length: int | None  # tokens of its longest text; None for other requests
+    taken: bool = False  # in a replica's batch: that replica counts its items out of `unfinished`
 
     @property
     def abandoned(self) -> bool:  # timed out or the client went away: skip its work
@@ -59,6 +60,11 @@ class DynamicBatcher:
     def __init__(self, model: ServedModel, batching: Batching, metrics: ServeMetrics):
         self.name, self.model, self.cfg, self.metrics = model.name, model, batching, metrics
         self.admitted = 0
+        # Admitted items whose batch has not finished: what the wait estimate counts. Not
+        # `admitted`, which keeps a finished batch's items until their requests' coroutines resume
+        # (on a busy event loop, a batch or more later), and so overstated the wait and refused
+        # requests the replicas had time for.
+        self.unfinished = 0
         self.held = 0  # places held at the door for requests whose bodies are being read
         self.preparing = 0  # admitted requests still being read/decoded: batch-mates on their way
         self.pending: deque[_Request] = deque()
@@ -117,7 +123,7 @@ class DynamicBatcher:
             now = time.monotonic()
             running = sum(max(self.batch_times.seconds(self._shape(n)) - (now - t0), 0.0)
                           for n, t0 in self.running if n)
-            queued = self.admitted + self.held - sum(n for n, _ in self.running) + items
+            queued = self.unfinished + self.held - sum(n for n, _ in self.running) + items
             full, rest = divmod(max(queued, 1) - 1, self.cfg.max_batch_size)
             own = self.batch_times.seconds(self._shape(rest + 1))
             return (running + full * full_batch) / self.cfg.replicas + own
@@ -130,12 +136,9 @@ class DynamicBatcher:
             if queued + items > self.cfg.max_queue:
                 return f"{queued} items already queued (limit {self.cfg.max_queue})"
             # An empty queue admits whatever the estimate says: refusing would shorten no one's
-            # wait, and the estimate only learns from batches that run. Nor is a request refused
-            # that fits in the replicas' next batches with everything queued: it waits for the
-            # batches running and its own, which the budget allows by design; the estimate, still
-            # unripe in a server's first batches, only decides beyond that.
+            # wait, and the estimate only learns from batches that run.
             budget = self.delay_budget()
-            if budget is not None and queued and queued + items > self.cfg.max_batch_size * self.cfg.replicas:
+            if budget is not None and queued:
                 wait = self.estimated_wait(items)
                 if wait is not None and wait > budget:
                     source = ("max_queue_delay_ms" if self.cfg.max_queue_delay_ms is not None
@@ -179,6 +182,7 @@ class DynamicBatcher:
             if reason is not None:
                 raise Overloaded(reason)
             self.admitted += len(items)
+            self.unfinished += len(items)
             self.metrics.queue_depth.labels(self.name).set(self.admitted)
             self.preparing += 1
         request = None
@@ -199,6 +203,8 @@ class DynamicBatcher:
         finally:
             with self.cond:
                 self.admitted -= len(items)
+                if request is None or not request.taken:  # never ran: no replica counts it out
+                    self.unfinished -= len(items)
                 self.metrics.queue_depth.labels(self.name).set(self.admitted)
                 if request is None:  # preparing failed or was cancelled
                     self.preparing -= 1
@@ -216,6 +222,7 @@ class DynamicBatcher:
                 busy.set(0)
                 with self.cond:
                     self.running[replica] = (0, 0.0)
+                    self.unfinished -= sum(len(r.items) for r in requests)
             results, error = outcome
             answers: dict[asyncio.AbstractEventLoop, list] = {}
             start = 0
@@ -250,6 +257,8 @@ class DynamicBatcher:
                 if done or not self._wait_for_arrivals(deadline):
                     break
             self.running[replica] = (size, time.monotonic())
+            for r in batch:
+                r.taken = True
             return batch
 
     def _pop_oldest(self) -> _Request | None:
