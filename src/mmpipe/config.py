@@ -6,6 +6,7 @@ flag, the field and the reason. Job configs, policies, ``serve`` and ``route`` s
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -18,6 +19,15 @@ M = TypeVar("M", bound=BaseModel)
 # Where a field's value came from, by its pydantic location: the flag that set it, or None for
 # the file (then the message names the file and the field's path in it).
 FlagOf = Callable[[tuple], "str | None"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count): what
+    defaults that follow the machine (decode workers, serving replicas) are sized by."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def read_yaml(path: str | Path, flag: str = "--config", what: str = "config file") -> dict:

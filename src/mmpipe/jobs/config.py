@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..config import job_flag, layered, read_yaml, validate
+from ..config import job_flag, layered, read_yaml, usable_cores, validate
 from ..errors import ConfigError
 from ..extras import require
 from ..decode.image import DEFAULT_MAX_PIXELS
@@ -18,14 +17,6 @@ from ..sources.options import DEFAULT_MAX_BYTES
 from .follow_metrics import check_port_free
 
 KAFKA_PARAMS = ("group", "consumer")  # what a followed kafka:// INPUT's query may say
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class JobConfig(BaseModel):

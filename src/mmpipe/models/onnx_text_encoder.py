@@ -31,12 +31,16 @@ PAD_ID = 0
 
 
 class OnnxTextEncoder:
-    """``TextEncoder``'s interface on an onnxruntime session."""
+    """``TextEncoder``'s interface on an onnxruntime session; ``threads``: its intra-op threads
+    (None: onnxruntime's default, one per core). Several threads may call it at once."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def embed_texts(self, token_lists: Sequence[np.ndarray]) -> np.ndarray:
         ids, mask = padded(token_lists, PAD_ID)
@@ -44,15 +48,16 @@ class OnnxTextEncoder:
 
 
 def gated_text_encoder(loaded: LoadedTextEncoder, variant: Variant, device: str = "cpu",
-                       gate: Gate = Gate()) -> LoadedTextEncoder:
-    """``loaded`` run as ``variant`` (eager fp32, or onnx fp32 / int8) with its accuracy against
-    eager fp32; raises ``AccuracyGateError`` with the failing figure when it is below ``gate``."""
+                       gate: Gate = Gate(), threads: int | None = None) -> LoadedTextEncoder:
+    """``loaded`` run as ``variant`` (eager fp32, or onnx fp32 / int8, on ``threads`` intra-op
+    threads) with its accuracy against eager fp32; raises ``AccuracyGateError`` with the failing
+    figure when it is below ``gate``."""
     variant.check(device, sentence_encoder=True)
     if variant.is_reference:
         return loaded
     cache = checkpoint_cache(loaded)
     path = onnx_graph(loaded, cache, variant.precision)
-    wrapped = replace(loaded, make_encoder=lambda: OnnxTextEncoder(path))
+    wrapped = replace(loaded, make_encoder=lambda: OnnxTextEncoder(path, threads))
     figures = measured(accuracy_path(cache, variant, "cpu"),
                        lambda: {"text": embedding_accuracy(*_embed_captions(loaded, wrapped))})
     return replace(wrapped, variant={"precision": variant.precision, "runtime": variant.runtime,

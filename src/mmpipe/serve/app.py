@@ -34,7 +34,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     batchers = {"moderations": DynamicBatcher(served, config.moderation, metrics)}
     embeddings = embedding_model(config) if config.embeddings else None
     if embeddings:
-        batchers["embeddings"] = DynamicBatcher(embeddings.served, config.embeddings, metrics)
+        batchers["embeddings"] = DynamicBatcher(embeddings.served, embeddings.settings, metrics)
     if index is not None:
         check_embeddings(index, embeddings)
     limits = InputLimits(config.max_body_bytes, config.allow_private_urls)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import usable_cores
 from ..errors import ConfigError
 from ..models import ModelSpec, load_embedder
 from ..models.embedder import checkpoint_family
@@ -40,7 +41,7 @@ class EmbeddingModel:
     dim: int
     tokenize: Callable[[str], np.ndarray]  # what the model reads of a text, for usage
     images: bool  # an image-text embedder embeds images too; a sentence encoder only texts
-    settings: Embeddings
+    settings: Embeddings  # as configured, with the defaults that follow the model resolved
     variant: dict  # precision, runtime and, for a faster variant, its accuracy vs eager fp32
 
     @property
@@ -72,15 +73,23 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
         model = gated_embedder(loaded, variant, gate, options.batch_size,
                                partial(run_here, resources=model_resources(options)))
         return EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
-                              model.preprocessor.text, True, e, model.describe())
+                              model.preprocessor.text, True, _with_replicas(e, 1), model.describe())
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
+    settings = _with_replicas(e, 1)
     if not variant.is_reference:
         from ..models.onnx_text_encoder import gated_text_encoder  # imports torch
 
-        encoder = gated_text_encoder(encoder, variant, e.device, gate)
+        cores = usable_cores()
+        settings = _with_replicas(e, cores)
+        threads = max(1, cores // settings.replicas)
+        encoder = gated_text_encoder(encoder, variant, e.device, gate, threads)
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
-                          encoder.dim, encoder.tokenize, False, e,
+                          encoder.dim, encoder.tokenize, False, settings,
                           encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None})
+
+
+def _with_replicas(e: Embeddings, default: int) -> Embeddings:
+    return e if e.replicas else e.model_copy(update={"replicas": default})
 
 
 def default_runtime(image_text: bool, device: str) -> str:
@@ -94,7 +103,9 @@ def variant_line(model: EmbeddingModel) -> str:
     v = model.variant
     figures = "; ".join(f"{tower} mean cosine {a['mean_cosine']:.4f}, min {a['min_cosine']:.4f}"
                         for tower, a in (v["accuracy"] or {}).items())
+    replicas = model.settings.replicas
     return (f"embeddings: {model.served.name} ({model.spec}) runs {v['precision']} {v['runtime']}"
+            + (f" on {replicas} replicas" if replicas > 1 else "")
             + (f"; against eager fp32: {figures}" if figures else ""))
 
 

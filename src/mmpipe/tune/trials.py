@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import ConfigError
-from ..jobs.config import usable_cores
+from ..config import usable_cores
 from ..models.accuracy import Accuracy, Gate
 from .sweep import Gated, Measurement, Task, TuneOptions, parse_variants
 
