@@ -55,17 +55,19 @@ class Target:
         return run_load(self.url, "embeddings", rate, seconds, payloads=self.bodies, warmup_s=1.0,
                         timeout_s=30, progress=False)
 
-    def sweep(self, start: float, seconds: float) -> list[LoadResult]:
-        """Raise the offered rate by 25 % a step until the server stops keeping up."""
+    def sweep(self, start: float, seconds: float, max_steps: int | None = None) -> list[LoadResult]:
+        """Raise the offered rate by 25 % a step until the server stops keeping up (or for
+        ``max_steps`` steps)."""
         runs, rate = [], start
-        while True:
+        while max_steps is None or len(runs) < max_steps:
             r = self.load(rate, seconds)
             runs.append(r)
             show("sweep", r)
             saturated = r.throughput < 0.9 * r.offered_rate or r.non_200_share > 0.01
             if saturated or (r.ok_latency.p99_ms or 0) > 4 * BUDGET_MS:
-                return runs
+                break
             rate *= 1.25
+        return runs
 
     def refine(self, runs: list[LoadResult], seconds: float, steps: int = 2) -> list[LoadResult]:
         """Bisect between the fastest rate within the budget and the next rate tried, which was
@@ -99,5 +101,5 @@ def within_budget(runs: list[LoadResult]) -> float:
 
 
 def capacity(runs: list[LoadResult]) -> float:
-    """The most 200 answers/s of any run with at most 1 % other statuses."""
-    return max(r.throughput for r in runs if r.non_200_share <= 0.01)
+    """The most 200 answers/s of any run with at most 1 % other statuses (0: none had)."""
+    return max((r.throughput for r in runs if r.non_200_share <= 0.01), default=0.0)
