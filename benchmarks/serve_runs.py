@@ -1,0 +1,105 @@
+"""Open-loop load runs against one server, shared by the serving benchmarks (serve_latency.py,
+serve_peer.py): a run at one offered rate, a sweep that raises the rate until the server stops
+keeping up, a bisection around the p99 budget, and the figures read off them.
+
+Every run starts on a quiet CPU: the server and the load generator share the machine's cores, and
+whatever else is still running (the previous server shutting down, a build, another benchmark)
+would be measured too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import psutil
+
+from mmpipe.loadtest import LoadResult, run_load
+
+BUDGET_MS = 150.0
+QUIET_PERCENT = 15.0  # of all cores, over half a second
+QUIET_WAIT_S = 60.0
+
+
+def bodies(texts: Sequence[str], per_request: int) -> list[dict]:
+    """Request bodies of ``per_request`` texts each, asking for base64 vectors. Request i takes
+    texts i·n … i·n+n-1 (cycling), so every text is sent and consecutive requests differ. One
+    text goes as a bare string, as most clients send it."""
+    n = len(texts)
+    return [{"input": texts[i] if per_request == 1
+             else [texts[(i * per_request + k) % n] for k in range(per_request)],
+             "encoding_format": "base64"}
+            for i in range(n)]
+
+
+def wait_quiet(limit_s: float = QUIET_WAIT_S) -> None:
+    """Return once the CPU is quiet; after ``limit_s`` say that it is not and go on."""
+    deadline = time.monotonic() + limit_s
+    while (busy := psutil.cpu_percent(interval=0.5)) >= QUIET_PERCENT:
+        if time.monotonic() > deadline:
+            print(f"  (the CPU is still {busy:.0f} % busy after {limit_s:g} s; measuring anyway)",
+                  flush=True)
+            return
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server's base URL and the request bodies (see ``bodies``) its load runs send."""
+
+    url: str
+    bodies: list[dict]
+
+    def load(self, rate: float, seconds: float) -> LoadResult:
+        wait_quiet()
+        return run_load(self.url, "embeddings", rate, seconds, payloads=self.bodies, warmup_s=1.0,
+                        timeout_s=30, progress=False)
+
+    def sweep(self, start: float, seconds: float, max_steps: int | None = None) -> list[LoadResult]:
+        """Raise the offered rate by 25 % a step until the server stops keeping up (or for
+        ``max_steps`` steps)."""
+        runs, rate = [], start
+        while max_steps is None or len(runs) < max_steps:
+            r = self.load(rate, seconds)
+            runs.append(r)
+            show("sweep", r)
+            saturated = r.throughput < 0.9 * r.offered_rate or r.non_200_share > 0.01
+            if saturated or (r.ok_latency.p99_ms or 0) > 4 * BUDGET_MS:
+                break
+            rate *= 1.25
+        return runs
+
+    def refine(self, runs: list[LoadResult], seconds: float, steps: int = 2) -> list[LoadResult]:
+        """Bisect between the fastest rate within the budget and the next rate tried, which was
+        not. The sweep's 25 % steps alone would quantise a throughput ratio to powers of 1.25
+        (2.44 or 3.05, never anything between), whichever side of a step each server landed."""
+        good = max((r.offered_rate for r in runs if in_budget(r)), default=None)
+        bad = min((r.offered_rate for r in runs if good and r.offered_rate > good), default=None)
+        extra = []
+        for _ in range(steps if good and bad else 0):
+            r = self.load((good * bad) ** 0.5, seconds)
+            extra.append(r)
+            show("refine", r)
+            good, bad = (r.offered_rate, bad) if in_budget(r) else (good, r.offered_rate)
+        return extra
+
+
+def show(label: str, r: LoadResult) -> None:
+    lat = r.ok_latency
+    print(f"  {label:>10} offered {r.offered_rate:7.1f}/s  ok {r.throughput:7.1f}/s  "
+          f"p50 {lat.p50_ms or 0:7.1f} ms  p99 {lat.p99_ms or 0:7.1f} ms  {r.statuses}"
+          + ("  (client behind)" if r.client_behind else ""), flush=True)
+
+
+def in_budget(r: LoadResult) -> bool:
+    return r.non_200_share == 0 and (r.ok_latency.p99_ms or 1e9) <= BUDGET_MS
+
+
+def within_budget(runs: list[LoadResult]) -> float:
+    """The most 200 answers/s of any run with p99 <= BUDGET_MS and no other status."""
+    return max((r.throughput for r in runs if in_budget(r)), default=0.0)
+
+
+def capacity(runs: list[LoadResult]) -> float:
+    """The most 200 answers/s of any run with at most 1 % other statuses (0: none had)."""
+    return max((r.throughput for r in runs if r.non_200_share <= 0.01), default=0.0)
