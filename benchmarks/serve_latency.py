@@ -45,8 +45,10 @@ SERVERS = {
     "batch-1": {"max_batch_size": 1, "max_wait_ms": 0, "max_queue": 64},
     # Tuned for throughput: big batches, an admission queue of two of them.
     "dynamic": {"max_batch_size": 32, "max_wait_ms": 5, "max_queue": 64},
-    # `mmpipe serve`'s defaults (B32, wait 5 ms, queue 256, admission by estimated wait against
-    # two full batches' time): what the overload targets are for, with no configuration.
+    # `mmpipe serve`'s defaults (the ONNX export on one single-threaded replica per core, B16,
+    # wait 5 ms, queue 256, admission by estimated wait against two full batches' time): what
+    # the overload targets are for, with no configuration. Every server here runs that runtime
+    # and those replicas; only the batching differs.
     "defaults": {},
 }
 DYNAMIC = [k for k in SERVERS if k != "batch-1"]

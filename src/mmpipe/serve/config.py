@@ -92,7 +92,6 @@ class Embeddings(Batching):
     # Matryoshka-trained models keep their meaning when cut short; CLIP does not, so a request's
     # `dimensions` is refused unless this is set.
     truncatable: bool = False
-    max_batch_size: int = Field(32, ge=1, le=1024)
     # None: for a sentence encoder run by onnx on the CPU, one replica per core, each on one core
     # (one session; onnxruntime runs a call on the calling thread), else 1. Two single-threaded
     # replicas ran MiniLM 10-20 % faster per text than one on two threads, and a request that
