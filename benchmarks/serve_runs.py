@@ -9,9 +9,14 @@ would be measured too.
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import psutil
 
@@ -20,6 +25,7 @@ from mmpipe.loadtest import LoadResult, run_load
 BUDGET_MS = 150.0
 QUIET_PERCENT = 15.0  # of all cores, over half a second
 QUIET_WAIT_S = 60.0
+WARMUP_S = 1.0  # of load before each measured run, unmeasured
 
 
 def bodies(texts: Sequence[str], per_request: int) -> list[dict]:
@@ -52,7 +58,7 @@ class Target:
 
     def load(self, rate: float, seconds: float) -> LoadResult:
         wait_quiet()
-        return run_load(self.url, "embeddings", rate, seconds, payloads=self.bodies, warmup_s=1.0,
+        return run_load(self.url, "embeddings", rate, seconds, payloads=self.bodies, warmup_s=WARMUP_S,
                         timeout_s=30, progress=False)
 
     def sweep(self, start: float, seconds: float, max_steps: int | None = None) -> list[LoadResult]:
@@ -103,3 +109,45 @@ def within_budget(runs: list[LoadResult]) -> float:
 def capacity(runs: list[LoadResult]) -> float:
     """The most 200 answers/s of any run with at most 1 % other statuses (0: none had)."""
     return max((r.throughput for r in runs if r.non_200_share <= 0.01), default=0.0)
+
+
+@contextmanager
+def busy_cores(*pids: int) -> Iterator[list[float]]:
+    """The cores that processes ``pids`` (this one included) kept busy on average while the block
+    ran, user and system time over wall time: appended to the yielded list on the way out."""
+    procs = [psutil.Process(pid) for pid in {*pids, psutil.Process().pid}]
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    out: list[float] = []
+    c0, t0 = cpu(), time.monotonic()
+    yield out
+    out.append((cpu() - c0) / (time.monotonic() - t0))
+
+
+def refusal_floor(rate: float, seconds: float) -> dict:
+    """What refusing requests costs at the least, whatever the server: ``rate`` requests/s at a
+    bare uvicorn app that answers each 429 (``refuse_all.py``), CPU microseconds per request in
+    that server and in this load generator."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("refuse_all.py")), str(port)])
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        server, generator = psutil.Process(proc.pid), psutil.Process()
+        before = [sum(p.cpu_times()[:2]) for p in (server, generator)]
+        r = Target(f"http://127.0.0.1:{port}", bodies(["a cat on a mat"], 1)).load(rate, seconds)
+        used = [sum(p.cpu_times()[:2]) - b for p, b in zip((server, generator), before)]
+    finally:
+        proc.terminate()
+        proc.wait()
+    sent = r.sent * (seconds + WARMUP_S) / seconds  # the warm-up's requests cost CPU too
+    return {"rate": rate, "statuses": r.statuses, "server_us_per_request": used[0] * 1e6 / sent,
+            "generator_us_per_request": used[1] * 1e6 / sent}

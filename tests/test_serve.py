@@ -292,3 +292,19 @@ def test_a_chunked_body_over_the_cap_is_413_too(server):
                  headers={"Content-Type": "application/json"})
     answer = conn.getresponse()
     assert answer.status == 413 and "limit" in json.loads(answer.read())["error"]["message"]
+
+
+def test_a_client_gone_before_its_body_arrived_is_counted_and_nothing_breaks(server):
+    import socket
+    import time
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"POST /v1/moderations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"input\": \"half a bo")
+    line = 'mmpipe_request_seconds_count{route="/v1/moderations",status="499"} 1.0'
+    deadline = time.monotonic() + 10
+    while line not in server.get_text("/metrics")[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in server.get_text("/metrics")[1]
+    assert server.post("/v1/moderations", {"input": "still here"})[0] == 200
