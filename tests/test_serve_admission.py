@@ -5,6 +5,7 @@ batch, refusing what would wait past the budget."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -194,3 +195,49 @@ def test_a_finished_batch_leaves_the_estimate_before_its_requests_resume():
     assert queued > 2 * idle  # eight items ahead: two batches
     assert admitted == 8 and after_batches < 1.5 * idle  # its own batch alone (as newly timed)
     assert drained == (0, 0)
+
+
+def test_a_request_bigger_than_a_batch_runs_on_several_replicas_at_once():
+    ran = []  # (thread, start, end) of each batch
+
+    def predict(batch: list) -> list:
+        t0 = time.monotonic()
+        time.sleep(0.1)
+        ran.append((threading.current_thread().name, t0, time.monotonic()))
+        return list(batch)
+
+    cfg = Batching(max_batch_size=4, max_wait_ms=0, replicas=2)
+
+    async def scenario():
+        batcher = DynamicBatcher(ServedModel("slow", prepare=list, predict=predict), cfg, ServeMetrics())
+        batcher.start()
+        try:
+            return await batcher.submit(list(range(8)))
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    assert asyncio.run(scenario()) == list(range(8))  # in order, whichever replica ran each half
+    (first, start1, end1), (second, start2, end2) = ran
+    assert first != second and start1 < end2 and start2 < end1  # two replicas, overlapping
+
+
+def test_a_request_of_several_batches_is_not_refused_for_its_own_size():
+    # Its own batches are the work it asked for: counted against the budget, every request of
+    # more than two batches would be refused whenever anything else ran.
+    cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=1000)
+
+    async def scenario():
+        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
+        batcher.start()
+        try:
+            for n in (1, 4, 2, 4):
+                await batcher.submit(list(range(n)))
+            running = asyncio.create_task(batcher.submit(list(range(4))))
+            await asyncio.sleep(0.01)
+            big = await batcher.submit(list(range(12)))
+            return big, await running
+        finally:
+            await asyncio.to_thread(batcher.close)
+
+    big, running = asyncio.run(scenario())
+    assert big == list(range(12)) and running == list(range(4))

@@ -45,6 +45,8 @@ class Overloaded(Exception):
 
 @dataclass
 class _Request:
+    """A request in the queue, or a batch-sized chunk of a bigger one."""
+
     items: list
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -139,7 +141,10 @@ class DynamicBatcher:
             # wait, and the estimate only learns from batches that run.
             budget = self.delay_budget()
             if budget is not None and queued:
-                wait = self.estimated_wait(items)
+                # The wait for its first batch: what a bigger request's own batches take is the
+                # work it asked for, not a queue, and counting it refused every request of more
+                # than two batches whenever anything else ran.
+                wait = self.estimated_wait(min(items, self.cfg.max_batch_size))
                 if wait is not None and wait > budget:
                     source = ("max_queue_delay_ms" if self.cfg.max_queue_delay_ms is not None
                               else f"{BUDGET_BATCHES:g} batches' time")
@@ -185,28 +190,33 @@ class DynamicBatcher:
             self.unfinished += len(items)
             self.metrics.queue_depth.labels(self.name).set(self.admitted)
             self.preparing += 1
-        request = None
+        chunks: list[_Request] | None = None
         try:
             # Texts only need tokenizing (tens of microseconds): a thread hop would cost more
             # and add its scheduling jitter to every request. Media is decoded off the loop.
             text_only = all(getattr(item, "data", None) is None for item in items)
             records = self.model.prepare(items) if text_only else await asyncio.to_thread(
                 self.model.prepare, items)
-            loop = asyncio.get_running_loop()
-            request = _Request(records, loop.create_future(), loop, text_length(records))
+            loop, size = asyncio.get_running_loop(), self.cfg.max_batch_size
+            # A request bigger than a batch is queued as batch-sized chunks, so that several
+            # replicas run it at once rather than one replica batch after batch.
+            chunks = [_Request(part, loop.create_future(), loop, text_length(part))
+                      for part in (records[i:i + size] for i in range(0, len(records), size))]
             with self.cond:
                 # In one step, so that a replica never sees it neither preparing nor pending.
                 self.preparing -= 1
-                self.pending.append(request)
-                self.cond.notify()
-            return await request.future
+                self.pending.extend(chunks)
+                self.cond.notify(len(chunks))
+            parts = await asyncio.gather(*(chunk.future for chunk in chunks))
+            return [record for part in parts for record in part]
         finally:
             with self.cond:
                 self.admitted -= len(items)
-                if request is None or not request.taken:  # never ran: no replica counts it out
-                    self.unfinished -= len(items)
+                # What no replica took never ran, and no replica counts it out.
+                self.unfinished -= len(items) if chunks is None else sum(
+                    len(c.items) for c in chunks if not c.taken)
                 self.metrics.queue_depth.labels(self.name).set(self.admitted)
-                if request is None:  # preparing failed or was cancelled
+                if chunks is None:  # preparing failed or was cancelled
                     self.preparing -= 1
                     self.cond.notify()
 
@@ -305,22 +315,19 @@ class DynamicBatcher:
         if any(r.abandoned for r in self.pending):
             self.pending = deque(r for r in self.pending if not r.abandoned)
 
-    def _run(self, items: list) -> list:
-        """``predict`` in chunks of ``max_batch_size`` (a request may be bigger than one batch),
-        each padded to its shape bucket."""
-        out = []
-        for start in range(0, len(items), self.cfg.max_batch_size):
-            chunk = items[start:start + self.cfg.max_batch_size]
-            self.batch_sizes.append(len(chunk))
-            self.metrics.batch_size.labels(self.name).observe(len(chunk))
-            tokens, padding = padding_tokens(chunk)
-            if tokens:
-                self.metrics.tokens.labels(self.name, "text").inc(tokens)
-                self.metrics.tokens.labels(self.name, "padding").inc(padding)
-            padded, t0 = self._padded(chunk), time.monotonic()
-            out.extend(self.model.predict(padded)[:len(chunk)])
-            with self.cond:
-                self.batch_times.observe(len(padded), time.monotonic() - t0)
+    def _run(self, batch: list) -> list:
+        """``predict`` on one batch (at most ``max_batch_size`` items: requests are queued in
+        chunks no bigger), padded to its shape bucket."""
+        self.batch_sizes.append(len(batch))
+        self.metrics.batch_size.labels(self.name).observe(len(batch))
+        tokens, padding = padding_tokens(batch)
+        if tokens:
+            self.metrics.tokens.labels(self.name, "text").inc(tokens)
+            self.metrics.tokens.labels(self.name, "padding").inc(padding)
+        padded, t0 = self._padded(batch), time.monotonic()
+        out = self.model.predict(padded)[:len(batch)]
+        with self.cond:
+            self.batch_times.observe(len(padded), time.monotonic() - t0)
         return out
 
     def _shape(self, n: int) -> int:
