@@ -21,7 +21,7 @@ from tests.conftest import RunningServer, photo
 @pytest.fixture(scope="module")
 def server():
     # A budget of minutes: these tests send bursts of up to 1.5 batches at once, which the default
-    # budget (two batches, the running one included) may refuse in part; admission is
+    # budget (three batches, the running one included) may refuse in part; admission is
     # test_serve_admission's subject.
     s = RunningServer(create_app(ServeConfig(
         moderation=Moderation(max_batch_size=8, max_wait_ms=50, max_queue_delay_ms=120_000),
@@ -197,7 +197,7 @@ def test_by_default_a_request_that_would_wait_past_two_batches_is_429():
             assert filling.result()[0] == 200
         assert code == 429 and headers.get("Retry-After") == "1"
         assert body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "overloaded"
-        assert "delay budget (2 batches' time)" in body["error"]["message"]
+        assert "delay budget (3 batches' time)" in body["error"]["message"]
         assert s.post("/v1/moderations", {"input": "fine again"})[0] == 200
     finally:
         s.stop()

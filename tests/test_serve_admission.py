@@ -1,4 +1,4 @@
-"""Latency-aware admission: the batcher's batch-time estimate, the delay budget (two batches'
+"""Latency-aware admission: the batcher's batch-time estimate, the delay budget (three batches'
 time by default, or ``max_queue_delay_ms``), and a batcher whose model takes a known time per
 batch, refusing what would wait past the budget."""
 
@@ -123,7 +123,7 @@ def test_the_default_config_refuses_by_estimated_wait():
     outcomes = asyncio.run(scenario())
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     assert refused and len(refused) < 200
-    assert all("delay budget (2 batches' time)" in str(exc) for exc in refused)
+    assert all("delay budget (3 batches' time)" in str(exc) for exc in refused)
 
 
 def test_before_any_batch_is_timed_only_the_hard_cap_refuses():

@@ -13,7 +13,7 @@ Example::
       runtime: onnx        # eager, compile, onnx (default: onnx for a sentence encoder)
       max_batch_size: 32
       buckets: [1, 4, 16, 32]
-      max_queue_delay_ms: 100  # 429 for a request that would wait longer (default: 2 batches' time)
+      max_queue_delay_ms: 100  # 429 for a request that would wait longer (default: 3 batches' time)
     search:                # optional: /v1/search over an index made by `mmpipe index`
       index: /data/index   # queries are embedded by `embeddings` (default: the index's model)
       max_k: 100
@@ -53,9 +53,9 @@ class Batching(BaseModel):
     max_queue: int = Field(256, ge=1)  # items admitted at once; beyond it: 429
     # Latency-aware admission: a request whose estimated wait (the batches ahead of it and its
     # own, timed on the replicas' recent batches) exceeds this gets 429 too, so that what an
-    # admitted request waits is bounded in time, whatever the batch size. None: two full batches'
+    # admitted request waits is bounded in time, whatever the batch size. None: three full batches'
     # time as lately measured (batcher.delay_budget), which follows the model and the machine; a
-    # number here is a fixed budget instead, and one below two batch times refuses load the
+    # number here is a fixed budget instead, and one below a few batch times refuses load the
     # server could have answered in time.
     max_queue_delay_ms: float | None = Field(None, gt=0, le=600_000)
 
