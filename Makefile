@@ -35,6 +35,7 @@ bench: dev  # the engines benchmark needs the ray extra
 	$(BIN)/python benchmarks/embed_throughput.py
 	$(BIN)/python benchmarks/moderate_throughput.py
 	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/serve_peer.py --peer infinity --json docs/serve-peer.json
 	$(BIN)/python benchmarks/serve_memory.py
 	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/precision.py
