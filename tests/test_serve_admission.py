@@ -5,6 +5,7 @@ batch, refusing what would wait past the budget."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 
@@ -27,6 +28,21 @@ def slow_model() -> ServedModel:
     return ServedModel("slow", prepare=list, predict=predict)
 
 
+@contextlib.asynccontextmanager
+async def running(cfg: Batching, model: ServedModel | None = None, timed: bool = True):
+    """A started batcher of ``model`` (default: the slow one), closed afterwards; ``timed``: its
+    batch times first learnt on batches of several sizes, so that the estimate has both costs."""
+    batcher = DynamicBatcher(model or slow_model(), cfg, ServeMetrics())
+    batcher.start()
+    try:
+        if timed:
+            for n in (1, 4, 2, 4):
+                assert await batcher.submit(list(range(n))) == list(range(n))
+        yield batcher
+    finally:
+        await asyncio.to_thread(batcher.close)
+
+
 def test_batch_times_fit_a_fixed_and_a_per_item_cost():
     times = BatchTimes()
     assert times.seconds(4) is None
@@ -44,12 +60,7 @@ def test_requests_that_would_wait_past_the_budget_are_refused_while_items_fit():
     cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=1000, max_queue_delay_ms=budget_s * 1000)
 
     async def scenario():
-        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
-        batcher.start()
-        try:
-            for n in (1, 4, 2, 4):  # batches of several sizes timed: the estimate has both costs
-                assert await batcher.submit(list(range(n))) == list(range(n))
-
+        async with running(cfg) as batcher:
             async def timed(i: int) -> float | Overloaded:
                 t0 = time.monotonic()
                 try:
@@ -62,8 +73,6 @@ def test_requests_that_would_wait_past_the_budget_are_refused_while_items_fit():
             outcomes = await asyncio.gather(*(timed(i) for i in range(200)))
             recovered = await batcher.submit(["again"])
             return outcomes, recovered, batcher.admitted
-        finally:
-            await asyncio.to_thread(batcher.close)
 
     outcomes, recovered, left = asyncio.run(scenario())
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
@@ -79,20 +88,15 @@ def test_max_queue_is_a_hard_cap_whatever_the_budget():
     cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=12, max_queue_delay_ms=600_000)
 
     async def scenario():
-        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
-        batcher.start()
-        try:
-            await batcher.submit([0])
+        async with running(cfg) as batcher:
             return await asyncio.gather(*(batcher.submit([i]) for i in range(16)), return_exceptions=True)
-        finally:
-            await asyncio.to_thread(batcher.close)
 
     outcomes = asyncio.run(scenario())
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
     assert len(refused) == 4 and all("limit 12" in str(exc) for exc in refused)
 
 
-def test_the_default_budget_is_two_full_batches_as_timed_within_a_floor():
+def test_the_default_budget_is_three_full_batches_as_timed_within_a_floor():
     batcher = DynamicBatcher(slow_model(), Batching(max_batch_size=8), ServeMetrics())
     assert batcher.delay_budget() is None  # nothing timed yet: items alone bound admission
     for n in [1, 8, 3, 6, 2, 8, 5] * 5:
@@ -110,15 +114,9 @@ def test_the_default_config_refuses_by_estimated_wait():
     cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=1000)  # no max_queue_delay_ms
 
     async def scenario():
-        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
-        batcher.start()
-        try:
-            for n in (1, 4, 2, 4):
-                await batcher.submit(list(range(n)))
+        async with running(cfg) as batcher:
             # 200 items at once: room for all in the queue, but 50 batches (~3 s) of work.
             return await asyncio.gather(*(batcher.submit([i]) for i in range(200)), return_exceptions=True)
-        finally:
-            await asyncio.to_thread(batcher.close)
 
     outcomes = asyncio.run(scenario())
     refused = [o for o in outcomes if isinstance(o, Overloaded)]
@@ -175,11 +173,7 @@ def test_a_finished_batch_leaves_the_estimate_before_its_requests_resume():
     cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=64)
 
     async def scenario():
-        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
-        batcher.start()
-        try:
-            for n in (1, 4, 2, 4):
-                await batcher.submit(list(range(n)))
+        async with running(cfg) as batcher:
             idle = batcher.estimated_wait(1)
             waiting = [asyncio.create_task(batcher.submit([i])) for i in range(8)]
             await asyncio.sleep(0)
@@ -188,8 +182,6 @@ def test_a_finished_batch_leaves_the_estimate_before_its_requests_resume():
             stale = batcher.admitted, batcher.estimated_wait(1)
             await asyncio.gather(*waiting)
             return idle, queued, stale, (batcher.admitted, batcher.unfinished)
-        finally:
-            await asyncio.to_thread(batcher.close)
 
     idle, queued, (admitted, after_batches), drained = asyncio.run(scenario())
     assert queued > 2 * idle  # eight items ahead: two batches
@@ -209,12 +201,8 @@ def test_a_request_bigger_than_a_batch_runs_on_several_replicas_at_once():
     cfg = Batching(max_batch_size=4, max_wait_ms=0, replicas=2)
 
     async def scenario():
-        batcher = DynamicBatcher(ServedModel("slow", prepare=list, predict=predict), cfg, ServeMetrics())
-        batcher.start()
-        try:
+        async with running(cfg, ServedModel("slow", prepare=list, predict=predict), timed=False) as batcher:
             return await batcher.submit(list(range(8)))
-        finally:
-            await asyncio.to_thread(batcher.close)
 
     assert asyncio.run(scenario()) == list(range(8))  # in order, whichever replica ran each half
     (first, start1, end1), (second, start2, end2) = ran
@@ -223,21 +211,15 @@ def test_a_request_bigger_than_a_batch_runs_on_several_replicas_at_once():
 
 def test_a_request_of_several_batches_is_not_refused_for_its_own_size():
     # Its own batches are the work it asked for: counted against the budget, every request of
-    # more than two batches would be refused whenever anything else ran.
+    # more than a few batches would be refused whenever anything else ran.
     cfg = Batching(max_batch_size=4, max_wait_ms=0, max_queue=1000)
 
     async def scenario():
-        batcher = DynamicBatcher(slow_model(), cfg, ServeMetrics())
-        batcher.start()
-        try:
-            for n in (1, 4, 2, 4):
-                await batcher.submit(list(range(n)))
-            running = asyncio.create_task(batcher.submit(list(range(4))))
+        async with running(cfg) as batcher:
+            other = asyncio.create_task(batcher.submit(list(range(4))))
             await asyncio.sleep(0.01)
             big = await batcher.submit(list(range(12)))
-            return big, await running
-        finally:
-            await asyncio.to_thread(batcher.close)
+            return big, await other
 
-    big, running = asyncio.run(scenario())
-    assert big == list(range(12)) and running == list(range(4))
+    big, other = asyncio.run(scenario())
+    assert big == list(range(12)) and other == list(range(4))
