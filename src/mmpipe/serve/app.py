@@ -1,5 +1,6 @@
-"""The HTTP server: routes, admission, deadlines, errors and metrics. Model work happens in the
-batchers' replica threads; this module only moves requests to them and answers back."""
+"""The HTTP server: its models and batchers, the model routes (served by ``model_routes``: the
+door, bodies, deadlines, errors), health, models and metrics. Model work happens in the batchers'
+replica threads; the event loop only moves requests to them and answers back."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from .search import check_embeddings, open_search_index, search_request
 ROUTES = ("/v1/moderations", "/v1/embeddings", "/v1/search", "/v1/models", "/healthz", "/readyz", "/metrics")
 
 
-def create_app(config: ServeConfig) -> FastAPI:
-    """Loads every model before returning: a started server is a ready server."""
+def create_app(config: ServeConfig) -> ModelRoutes:
+    """The server's ASGI app (``state`` holds its batchers, metrics and embedding model). Loads
+    every model before returning: a started server is a ready server."""
     metrics = ServeMetrics()
     index = None
     if config.search:
@@ -54,13 +56,14 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.batchers, app.state.metrics, app.state.embeddings = batchers, metrics, embeddings
 
     app.add_middleware(LatencyMiddleware, metrics=metrics)
-    # Added last, so outermost: the model routes are served before FastAPI's layers, and timed there.
-    missing_model = lambda: RequestError(  # noqa: E731
-        "this server has no embedding model; start it with --embedding-model path:DIR (a CLIP "
-        "checkpoint)", param="model", status=404, code="model_not_found")
-    missing_index = lambda: RequestError(  # noqa: E731
-        "this server has no search index; start it with --search-index DIR (made by 'mmpipe index')",
-        status=404, code="index_not_found")
+    def missing_model() -> RequestError:
+        return RequestError("this server has no embedding model; start it with --embedding-model "
+                            "path:DIR (a CLIP checkpoint)", param="model", status=404, code="model_not_found")
+
+    def missing_index() -> RequestError:
+        return RequestError("this server has no search index; start it with --search-index DIR (made "
+                            "by 'mmpipe index')", status=404, code="index_not_found")
+
     moderate = batchers["moderations"]
     embed = batchers.get("embeddings")
     routes = {
@@ -71,9 +74,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         "/v1/search": ModelRoute((lambda body: search_request(body, embed, embeddings, index, limits,
                                                               config.search.max_k))
                                  if index is not None else None, embed, missing_index)}
-    app.add_middleware(ModelRoutes, routes=routes, metrics=metrics, max_body_bytes=config.max_body_bytes,
-                       timeout_s=config.request_timeout_s)
-
     answer_bugs_in_openai_shape(app, metrics.errors.labels("internal").inc)
 
     @app.get("/healthz")
@@ -107,7 +107,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                          "owned_by": "mmpipe", "variant": embeddings.variant})
         return {"object": "list", "data": data}
 
-    return app
+    # In front of FastAPI, not one of its middlewares: the model routes pass none of its layers.
+    return ModelRoutes(app, routes, metrics, config.max_body_bytes, config.request_timeout_s)
 
 
 class LatencyMiddleware:

@@ -83,8 +83,8 @@ class Embeddings(Batching):
     device: str = "cpu"
     precision: Precision = "fp32"  # as `mmpipe embed --precision`
     # As `mmpipe embed --runtime`. None: onnx for a sentence encoder on the CPU (the same vectors
-    # as eager, min cosine 0.9999999, and a single text in well under half eager's time), eager
-    # for everything else.
+    # as eager, min cosine 0.9999999, in less time a request: docs/benchmarks.md), eager for
+    # everything else.
     runtime: Runtime | None = None
     # The accuracy gate, as `mmpipe embed --min-cosine`.
     min_cosine: float = Field(default(Gate, "min_mean_cosine"), ge=-1, le=1)

@@ -1,5 +1,5 @@
 """The model routes (``POST /v1/moderations``, ``/v1/embeddings``, ``/v1/search``) as plain ASGI,
-answered before FastAPI's routing: admission at the door, the body read within its limit, the
+answered in front of FastAPI: admission at the door, the body read within its limit, the
 answer within the deadline, every outcome an OpenAI-shaped body, timed and counted.
 
 Why not FastAPI routes: under overload the event loop, not the model, was the limit. A profile at
@@ -40,13 +40,14 @@ class _ClientGone(Exception):
 
 
 class ModelRoutes:
-    """ASGI middleware serving ``routes`` (path → ModelRoute) itself, everything else through
-    ``app``."""
+    """An ASGI app serving ``routes`` (path → ModelRoute) itself and everything else (lifespan
+    included) through ``app``, whose ``state`` it shares."""
 
     def __init__(self, app, routes: dict[str, ModelRoute], metrics: ServeMetrics,
                  max_body_bytes: int, timeout_s: float):
         self.app, self.routes, self.metrics = app, routes, metrics
         self.max_body_bytes, self.timeout_s = max_body_bytes, timeout_s
+        self.state = app.state
 
     async def __call__(self, scope, receive, send):
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
