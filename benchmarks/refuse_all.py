@@ -1,6 +1,7 @@
 """The cheapest refusal an HTTP server can make: a bare ASGI app under uvicorn (as `mmpipe serve`
-runs it: uvloop, httptools) that answers every request 429 with a prebuilt OpenAI-style body,
-reading nothing. What refusing costs, whatever the server does, for `serve_runs.refusal_floor`.
+runs it: uvloop, httptools) that answers every POST 429 with a prebuilt OpenAI-style body, reading
+nothing (a GET gets 200: it is up). What refusing costs, whatever the server does, for
+`serve_runs.refusal_floor`.
 
     python benchmarks/refuse_all.py PORT
 """
@@ -17,6 +18,10 @@ HEADERS = [(b"content-length", str(len(BODY)).encode()), (b"content-type", b"app
 
 async def app(scope, receive, send):
     if scope["type"] == "http":
+        if scope["method"] != "POST":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.start", "status": 429, "headers": HEADERS})
         await send({"type": "http.response.body", "body": BODY})
 

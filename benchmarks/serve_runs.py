@@ -10,8 +10,8 @@ would be measured too.
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import psutil
 
 from mmpipe.loadtest import LoadResult, run_load
+from mmpipe.serve.process import server_process
 
 BUDGET_MS = 150.0
 QUIET_PERCENT = 15.0  # of all cores, over half a second
@@ -128,28 +129,23 @@ def busy_cores(*pids: int) -> Iterator[list[float]]:
     out.append((cpu() - c0) / (time.monotonic() - t0))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def refusal_floor(rate: float, seconds: float) -> dict:
     """What refusing requests costs at the least, whatever the server: ``rate`` requests/s at a
     bare uvicorn app that answers each 429 (``refuse_all.py``), CPU microseconds per request in
     that server and in this load generator."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("refuse_all.py")), str(port)])
-    try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [sys.executable, str(Path(__file__).with_name("refuse_all.py")), url.rsplit(":", 1)[1]]
+    with tempfile.TemporaryDirectory() as tmp, server_process(cmd, url, Path(tmp) / "refuse_all.log") as proc:
         server, generator = psutil.Process(proc.pid), psutil.Process()
         before = [sum(p.cpu_times()[:2]) for p in (server, generator)]
-        r = Target(f"http://127.0.0.1:{port}", bodies(["a cat on a mat"], 1)).load(rate, seconds)
+        r = Target(url, bodies(["a cat on a mat"], 1)).load(rate, seconds)
         used = [sum(p.cpu_times()[:2]) - b for p, b in zip((server, generator), before)]
-    finally:
-        proc.terminate()
-        proc.wait()
     sent = r.sent * (seconds + WARMUP_S) / seconds  # the warm-up's requests cost CPU too
     return {"rate": rate, "statuses": r.statuses, "server_us_per_request": used[0] * 1e6 / sent,
             "generator_us_per_request": used[1] * 1e6 / sent}
