@@ -12,8 +12,7 @@ from typing import Sequence
 def text_length(records: Sequence) -> int | None:
     """The most tokens among a request's records; None when none is a tokenized text (images,
     moderation): such requests keep their order."""
-    lengths = [len(t) for r in records if (t := getattr(r, "tokens", None)) is not None]
-    return max(lengths) if lengths else None
+    return max(_lengths(records), default=None)
 
 
 def closest_first(length: int | None, candidates: Sequence[int | None]) -> list[int]:
@@ -28,5 +27,10 @@ def closest_first(length: int | None, candidates: Sequence[int | None]) -> list[
 def padding_tokens(records: Sequence) -> tuple[int, int]:
     """(tokens, padding) of one batch of records: its texts' tokens, and the pad tokens that
     bringing each to the batch's longest adds."""
-    lengths = [len(t) for r in records if (t := getattr(r, "tokens", None)) is not None]
+    lengths = _lengths(records)
     return sum(lengths), max(lengths, default=0) * len(lengths) - sum(lengths)
+
+
+def _lengths(records: Sequence) -> list[int]:
+    """The token counts of the records that are tokenized texts."""
+    return [len(t) for r in records if (t := getattr(r, "tokens", None)) is not None]
