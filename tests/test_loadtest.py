@@ -8,12 +8,13 @@ import asyncio
 import itertools
 import json
 import socket
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -99,6 +100,89 @@ def test_refused_requests_are_counted_by_status():
     assert abs(ok - refused) <= 1 and abs(result.non_200_share - refused / result.sent) < 1e-3
     assert result.ok_latency.count == ok and result.answered_latency.count == result.sent
     assert result.url.endswith("/v1/embeddings")
+
+
+@pytest.mark.slow
+def test_answers_that_close_the_connection_or_come_in_chunks_are_read_whole():
+    """The client's own HTTP/1.1: a server may end keep-alive after any answer, or send it
+    chunked; every request still gets its status, on a new connection where needed."""
+    app = FastAPI()
+    arrivals = itertools.count()
+
+    @app.post("/v1/{endpoint}")
+    async def answer(endpoint: str):
+        n = next(arrivals)
+        if n % 3 == 0:
+            return JSONResponse({"n": n}, headers={"Connection": "close"})
+        if n % 3 == 1:
+            return StreamingResponse(iter([b'{"n": ', str(n).encode(), b"}"]), media_type="application/json")
+        return JSONResponse({"error": {"message": "no"}}, status_code=400)
+
+    with serving(app) as server:
+        result = run_load(server.url, "embeddings", 60, 1.0, seed=5, progress=False)
+    assert result.sent >= 30 and result.completed == result.sent
+    assert set(result.statuses) == {"200", "400"} and result.statuses["400"] >= result.sent // 3 - 1
+
+
+@pytest.mark.slow
+def test_requests_beyond_the_connection_limit_wait_for_one():
+    app, in_flight = FastAPI(), []
+
+    @app.post("/v1/{endpoint}")
+    async def answer(endpoint: str):
+        in_flight.append(1)
+        assert len(in_flight) <= 2
+        await asyncio.sleep(0.05)
+        in_flight.pop()
+        return {"object": endpoint}
+
+    with serving(app) as server:
+        result = run_load(server.url, "moderations", 80, 0.5, connections=2, seed=6, progress=False)
+    assert result.statuses == {"200": result.sent} and result.sent >= 25
+    # ~40 requests at 25/s through two connections: the last waits ~1 s, and that is in its latency.
+    assert result.ok_latency.max_ms > 500 and result.throughput < 45
+
+
+@pytest.mark.slow
+def test_a_connection_dropped_without_an_answer_is_a_connection_error():
+    """A real socket server that answers the first request on each connection and drops the
+    second unanswered: those are connection errors, the rest 200s, and none is lost."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_connection(conn: socket.socket) -> None:
+        with conn:
+            for reply in (answer, None):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    if not (chunk := conn.recv(65536)):
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if reply is None:
+                    return
+                conn.sendall(reply)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=serve_connection, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        result = run_load(url, "embeddings", 40, 1.0, seed=7, progress=False)
+    finally:
+        listener.close()
+    assert set(result.statuses) == {"200", "connection_error"}
+    assert sum(result.statuses.values()) == result.sent and result.statuses["connection_error"] >= 5
 
 
 @pytest.mark.slow
@@ -205,6 +289,7 @@ def test_a_flag_click_cannot_parse_is_exit_2():
     (["--sweep", "5,x"], "mmpipe: error: --sweep: expected comma-separated rates like 5,10,20, got '5,x'"),
     (["--endpoint", "chat"], "mmpipe: error: --endpoint: expected one of moderations, embeddings, got 'chat'"),
     (["--duration", "-1"], "mmpipe: error: --duration: must be > 0 seconds, got -1.0"),
+    (["--connections", "0"], "mmpipe: error: --connections: must be at least 1, got 0"),
 ])
 def test_a_bad_value_is_one_line_naming_the_flag_and_exit_2(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

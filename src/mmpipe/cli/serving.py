@@ -73,6 +73,8 @@ def loadtest(
     input_file: Optional[str] = typer.Option(None, help="Payloads: request bodies (.jsonl) or one text per "
                                              "line (default: built-in texts)."),
     batch: int = typer.Option(1, help="Texts per request."),
+    connections: int = typer.Option(1024, help="Most connections open at once, each with one request "
+                                    "in flight; a request waits for a free one, in its latency."),
     progress: Optional[bool] = typer.Option(None, help="Progress bar (default: on a terminal)."),
 ) -> None:
     """Open-loop load test of a server: Poisson arrivals at fixed rates; throughput, latency, errors."""
@@ -82,7 +84,8 @@ def loadtest(
     rates = lt.parse_rates(sweep) if sweep is not None else [rate]
     payloads = lt.load_payloads(input_file) if input_file else None
     results = lt.run_sweep(url, endpoint, rates, duration, payloads=payloads, model=model, batch=batch,
-                           timeout_s=timeout, warmup_s=warmup, seed=seed, progress=progress)
+                           timeout_s=timeout, warmup_s=warmup, seed=seed, connections=connections,
+                           progress=progress)
     Console().print(lt.summary_table(results))
     for line in lt.problems(results):
         err.print(f"warning: {line}", style="yellow", markup=False)

@@ -78,7 +78,7 @@ def make_plan(url: str, endpoint: str, rate: float, duration_s: float, payloads:
             raise ConfigError(flag, f"must be > 0 seconds, got {seconds!r}")
     if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise ConfigError("--warmup", f"must be >= 0 seconds, got {warmup_s!r}")
-    for flag, count in (("--batch", batch), ("connections", connections)):
+    for flag, count in (("--batch", batch), ("--connections", connections)):
         if count < 1:
             raise ConfigError(flag, f"must be at least 1, got {count!r}")
     payloads = default_payloads(endpoint) if payloads is None else list(payloads)

@@ -7,44 +7,19 @@ import gc
 import random
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import aiohttp
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import ConfigError
+from .client import Pool, Shot, request_bytes
 from .plan import Payload, Plan, check_rate, make_plan
 from .results import BEHIND_MS, Latency, LoadResult
 
 CONNECT_CHECK_S = 5.0
 _PROGRESS_EVERY_S = 0.2
-_HEADERS = {"Content-Type": "application/json"}
-
-
-@dataclass(frozen=True)
-class _Shot:
-    """One request's fate; times are the event loop's clock."""
-
-    scheduled: float
-    lag_s: float  # how late the sender started it
-    status: str  # the HTTP status, "timeout" or "connection_error"
-    latency_s: float  # from `scheduled` to the answer or the failure
-
-    @property
-    def answered(self) -> bool:
-        return self.status.isdigit()
-
-
-@dataclass
-class _Tally:
-    """Running counts for the progress bar."""
-
-    sent: int = 0
-    finished: int = 0
-    ok: int = 0
 
 
 def run_load(url: str, endpoint: str, rate: float, duration_s: float, *,
@@ -101,31 +76,28 @@ def _frozen_heap() -> Iterator[None]:
 
 async def _load(plan: Plan, bar: _Bar) -> LoadResult:
     loop = asyncio.get_running_loop()
-    tally = _Tally()
-    # aiohttp rather than httpx: httpx's pool costs grow with open connections, and at a few
-    # hundred requests per second in flight the client, not the server, set the latency.
-    # No timeout here: _shoot enforces one deadline from the scheduled time. trust_env=False: a
-    # proxy from the environment would be load-tested instead of the server.
-    connector = aiohttp.TCPConnector(limit=plan.connections)
-    async with aiohttp.ClientSession(connector=connector, trust_env=False,
-                                     timeout=aiohttp.ClientTimeout(total=None)) as client:
-        await _check_reachable(client, plan.url, plan.timeout_s)
+    await _check_reachable(plan.url, plan.timeout_s)
+    raws = [request_bytes(plan.url, body=body) for body in plan.bodies]
+    pool = Pool(plan.url, plan.connections)
+    try:
         with bar:
             start = loop.time()
-            ticker = asyncio.create_task(bar.tick(tally, start)) if bar.enabled else None
+            ticker = asyncio.create_task(bar.tick(pool, start)) if bar.enabled else None
             window = start + plan.warmup_s
-            warm, measured = [], []
+            shots, lags = [], []
             for i, at in enumerate(_arrivals(plan.rate, start, window + plan.duration_s, plan.seed)):
                 await asyncio.sleep(at - loop.time())  # at once (after one yield) when late
-                tally.sent += 1
-                task = asyncio.create_task(_shoot(client, plan, plan.bodies[i % len(plan.bodies)], at, tally))
-                (measured if at >= window else warm).append(task)
-            await asyncio.gather(*warm)
-            shots = await asyncio.gather(*measured)
+                lags.append(loop.time() - at)
+                shots.append(Shot(raws[i % len(raws)], at, at + plan.timeout_s))
+                pool.send(shots[-1])  # the deadline, like the latency, counts from the scheduled time
+            await pool.settle_all()
             if ticker:
                 ticker.cancel()
-            bar.show(tally, loop.time() - start)
-    return _summarise(plan, shots, window, loop.time() - start)
+            bar.show(pool, loop.time() - start)
+    finally:
+        pool.close()
+    measured = [(shot, lag) for shot, lag in zip(shots, lags) if shot.scheduled >= window]
+    return _summarise(plan, measured, window, loop.time() - start)
 
 
 def _arrivals(rate: float, start: float, end: float, seed: int) -> Iterator[float]:
@@ -137,55 +109,42 @@ def _arrivals(rate: float, start: float, end: float, seed: int) -> Iterator[floa
         at += rng.expovariate(rate)
 
 
-async def _shoot(client: aiohttp.ClientSession, plan: Plan, body: bytes, at: float,
-                 tally: _Tally) -> _Shot:
+async def _check_reachable(url: str, timeout_s: float) -> None:
+    """Fails fast, in one sentence, where every request would be a connection error. A GET: any
+    answer will do, 405 included."""
     loop = asyncio.get_running_loop()
-    lag = loop.time() - at
-    try:
-        # The deadline, like the latency, counts from the scheduled time.
-        async with asyncio.timeout_at(at + plan.timeout_s):
-            async with client.post(plan.url, data=body, headers=_HEADERS) as answer:
-                await answer.read()
-                status = str(answer.status)
-    except TimeoutError:
-        status = "timeout"
-    except aiohttp.ClientError:  # refused, reset, closed mid-answer: failed below HTTP
-        status = "connection_error"
-    tally.finished += 1
-    tally.ok += status == "200"
-    return _Shot(at, lag, status, loop.time() - at)
-
-
-async def _check_reachable(client: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
-    """Fails fast, in one sentence, where every request would be a connection error. A GET (any
-    answer will do, 405 included) rather than a bare connect: it also pays the client's first-use
-    costs and opens a connection, which would otherwise show as sending lag at the start."""
     limit = min(timeout_s, CONNECT_CHECK_S)
+    pool, shot = Pool(url, 1), Shot(request_bytes(url, "GET"), loop.time(), loop.time() + limit)
     try:
-        async with client.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as answer:
-            await answer.read()
-    except TimeoutError:
-        raise ConfigError("URL", f"cannot connect to {url}: no answer within {limit:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise ConfigError("URL", f"cannot connect to {url}: {exc or type(exc).__name__}") from None
+        pool.send(shot)
+        await pool.settle_all()
+    finally:
+        pool.close()
+    if shot.status == "timeout":
+        raise ConfigError("URL", f"cannot connect to {url}: no answer within {limit:g} s")
+    if shot.status == "connection_error":
+        raise ConfigError("URL", f"cannot connect to {url}: {shot.error}")
 
 
-def _summarise(plan: Plan, shots: Sequence[_Shot], window: float, elapsed_s: float) -> LoadResult:
+def _summarise(plan: Plan, measured: Sequence[tuple[Shot, float]], window: float,
+               elapsed_s: float) -> LoadResult:
+    """The window's shots, each with its sending lag, summed up."""
+    shots = [shot for shot, _ in measured]
     statuses = dict(sorted(Counter(s.status for s in shots).items()))
     ok = [s for s in shots if s.status == "200"]
-    lags = np.asarray([s.lag_s for s in shots] or [0.0]) * 1000
+    lags = np.asarray([lag for _, lag in measured] or [0.0]) * 1000
     lag_p90, lag_p99 = (round(float(v), 3) for v in np.percentile(lags, [90, 99]))
     # Over the window alone, answers still queued at its end would be left out; a server that
     # queues then looks as fast as the offered rate.
-    last = max((s.scheduled + s.latency_s - window for s in ok), default=0.0)
+    last = max((s.ended - window for s in ok), default=0.0)
     return LoadResult(
         url=plan.url, endpoint=plan.endpoint, offered_rate=plan.rate, duration_s=plan.duration_s,
         warmup_s=plan.warmup_s, batch=plan.batch, seed=plan.seed, timeout_s=plan.timeout_s,
-        sent=len(shots), completed=sum(s.answered for s in shots),
+        sent=len(shots), completed=sum(s.status.isdigit() for s in shots),
         throughput=round(len(ok) / max(plan.duration_s, last), 3), statuses=statuses,
         non_200_share=round(1 - len(ok) / len(shots), 4) if shots else 0.0,
-        ok_latency=Latency.of([s.latency_s for s in ok]),
-        answered_latency=Latency.of([s.latency_s for s in shots if s.answered]),
+        ok_latency=Latency.of([s.ended - s.scheduled for s in ok]),
+        answered_latency=Latency.of([s.ended - s.scheduled for s in shots if s.status.isdigit()]),
         lag_p90_ms=lag_p90, lag_p99_ms=lag_p99, lag_max_ms=round(float(lags.max()), 3),
         client_behind=lag_p90 > BEHIND_MS,
         elapsed_s=round(elapsed_s, 3))
@@ -210,14 +169,14 @@ class _Bar:
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    async def tick(self, tally: _Tally, start: float) -> None:
+    async def tick(self, pool: Pool, start: float) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            self.show(tally, loop.time() - start)
+            self.show(pool, loop.time() - start)
             await asyncio.sleep(_PROGRESS_EVERY_S)
 
-    def show(self, tally: _Tally, elapsed_s: float) -> None:
+    def show(self, pool: Pool, elapsed_s: float) -> None:
         total = self.progress.tasks[0].total
         self.progress.update(self.task, completed=min(elapsed_s, total),
-                             counts=f"{tally.sent} sent, {tally.ok} ok, "
-                                    f"{tally.sent - tally.finished} in flight")
+                             counts=f"{pool.sent} sent, {pool.ok} ok, "
+                                    f"{pool.sent - pool.finished} in flight")
