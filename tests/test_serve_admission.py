@@ -223,3 +223,36 @@ def test_a_request_of_several_batches_is_not_refused_for_its_own_size():
 
     big, other = asyncio.run(scenario())
     assert big == list(range(12)) and other == list(range(4))
+
+
+def test_a_queue_is_shared_with_a_replica_that_frees_at_the_same_time():
+    # Both replicas run a batch; eight requests queue behind them. The first replica to finish
+    # used to take all eight (one batch of 8, 100 ms) while the other, free a moment later,
+    # found none; now each takes about half, and the last of them is answered ~40 ms sooner.
+    cfg = Batching(max_batch_size=16, max_wait_ms=0, replicas=2)
+
+    async def scenario():
+        async with running(cfg) as batcher:
+            busy = [asyncio.create_task(batcher.submit([f"busy{i}"])) for i in range(2)]
+            await asyncio.sleep(0.01)  # each replica took one (an idle replica shares them too)
+            queued = [asyncio.create_task(batcher.submit([i])) for i in range(8)]
+            await asyncio.gather(*busy, *queued)
+            return list(batcher.batch_sizes)[4:]  # after the four that timed the model
+
+    sizes = asyncio.run(scenario())
+    # Halves, in time: the replica whose batch ends a few ms later takes a little less.
+    assert sizes[:2] == [1, 1] and len(sizes) == 4 and sum(sizes[2:]) == 8 and max(sizes[2:]) <= 6
+
+
+def test_a_lone_replica_and_an_untimed_model_take_all_that_waits():
+    async def scenario(cfg: Batching, timed: bool):
+        async with running(cfg, timed=timed) as batcher:
+            busy = asyncio.create_task(batcher.submit(["busy"]))
+            await asyncio.sleep(0.01)
+            await asyncio.gather(busy, *(batcher.submit([i]) for i in range(8)))
+            return list(batcher.batch_sizes)[4 if timed else 0:]
+
+    assert asyncio.run(scenario(Batching(max_batch_size=16, max_wait_ms=0), True)) == [1, 8]
+    # No batch timed yet: nothing to split by.
+    two = Batching(max_batch_size=16, max_wait_ms=0, replicas=2)
+    assert asyncio.run(scenario(two, False))[-1] == 8

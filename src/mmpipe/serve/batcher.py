@@ -5,14 +5,16 @@ time a new request would wait, estimated from how long the replicas' recent batc
 ``max_queue_delay_ms`` or, by default, a budget of a few of those batches (``delay_budget``).
 
 Replicas are threads calling one shared ``predict`` (one copy of the weights: ONNX Runtime
-sessions and torch modules in inference mode are safe to call from several threads). The event
-loop only enqueues and awaits futures, so it stays responsive while models run.
+sessions and torch modules in inference mode are safe to call from several threads). A replica
+leaves part of the queue to the others when they are free, or soon will be (``_share``). The
+event loop only enqueues and awaits futures, so it stays responsive while models run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -260,17 +262,51 @@ class DynamicBatcher:
             batch, size = [first], len(first.items)
             deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
             while True:
-                mates = self._take_closest(first.length, cfg.max_batch_size - size, limit - len(batch))
+                share = self._share(replica, size + sum(len(r.items) for r in self.pending))
+                mates = self._take_closest(first.length, min(cfg.max_batch_size, share) - size,
+                                           limit - len(batch))
                 batch += mates
                 size += sum(len(r.items) for r in mates)
-                # Still waiting after a pick: they did not fit, and no arrival will change that.
+                # Still waiting after a pick: they did not fit (or are left to another replica),
+                # and no arrival will change that.
                 done = size >= cfg.max_batch_size or len(batch) >= limit or self.pending
                 if done or not self._wait_for_arrivals(deadline):
                     break
             self.running[replica] = (size, time.monotonic())
             for r in batch:
                 r.taken = True
+            if self.pending:  # left to the others: wake one, should it be waiting
+                self.cond.notify()
             return batch
+
+    def _share(self, replica: int, items: int) -> int:
+        """How many of the ``items`` waiting ``replica`` should take: all of them, unless the
+        other replicas, free now or soon, would help finish them sooner. Then its part of an
+        even split, in time: each replica that joins ends its batch when the others do (batch
+        times as ``a + b·items``, lately timed; a busy replica joins when its batch ends).
+
+        Why: with one replica taking all that waits, a request that came while both ran a
+        batch waited for one, then ran in a batch of all that came meanwhile, while the other
+        replica, freed a moment later, found nothing to do; under moderate load those requests
+        made the tail. Under overload the queue is long and batches stay full."""
+        full = self.batch_times.seconds(self.cfg.max_batch_size)
+        if full is None or self.cfg.buckets or len(self.running) == 1:
+            return items  # nothing timed yet; or padded shapes, which a split would not shorten
+        a = self.batch_times.seconds(0)
+        b = self.batch_times.seconds(1) - a
+        if b <= 0:
+            return items  # no cost per item: a split would only add batches
+        now = time.monotonic()
+        frees = sorted(max(self.batch_times.seconds(n) - (now - t0), 0.0) if n else 0.0
+                       for j, (n, t0) in enumerate(self.running) if j != replica)
+        ends = [0.0]  # when each replica that joins could start: this one now
+        for free in frees:
+            level = (items * b + sum(ends) + a * len(ends)) / len(ends)
+            if free + a >= level:  # it would not start before the batches end
+                break
+            ends.append(free)
+        level = (items * b + sum(ends) + a * len(ends)) / len(ends)
+        return max(1, min(items, math.ceil((level - a) / b - 1e-9)))
 
     def _pop_oldest(self) -> _Request | None:
         """The oldest request not abandoned, waiting for one as long as it takes; None once closed."""
