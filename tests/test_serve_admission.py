@@ -256,3 +256,36 @@ def test_a_lone_replica_and_an_untimed_model_take_all_that_waits():
     # No batch timed yet: nothing to split by.
     two = Batching(max_batch_size=16, max_wait_ms=0, replicas=2)
     assert asyncio.run(scenario(two, False))[-1] == 8
+
+
+class _Media:
+    """An item prepared in a thread of its own, as images are."""
+
+    data = b"media"
+
+
+def test_a_request_waits_for_one_being_prepared_only_where_no_replica_is_free():
+    def prepare(items: list) -> list:
+        if any(isinstance(item, _Media) for item in items):
+            time.sleep(0.15)  # a slow decode
+        return list(items)
+
+    model = ServedModel("slow", prepare=prepare, predict=slow_model().predict)
+
+    async def scenario(replicas: int):
+        cfg = Batching(max_batch_size=16, max_wait_ms=1000, replicas=replicas)
+        async with running(cfg, model) as batcher:
+            media = asyncio.create_task(batcher.submit([_Media()]))
+            await asyncio.sleep(0.01)  # being prepared
+            t0 = time.monotonic()
+            await batcher.submit(["text"])
+            waited = time.monotonic() - t0
+            await media
+            return waited, list(batcher.batch_sizes)[4:]
+
+    # One replica: the text waits for the media to be prepared, and they share a batch.
+    waited, sizes = asyncio.run(scenario(1))
+    assert waited > 0.12 and sizes == [2]
+    # Two: the other replica is free to take the media when it is ready; the text runs at once.
+    waited, sizes = asyncio.run(scenario(2))
+    assert waited < 0.1 and sizes == [1, 1]

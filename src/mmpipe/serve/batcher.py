@@ -251,8 +251,9 @@ class DynamicBatcher:
     def _collect(self, replica: int) -> list[_Request] | None:
         """Requests for one batch: the oldest live one, then the waiting ones closest to it in
         length, and others that arrive within ``max_wait_ms``, while they fit in the batch (and
-        the in-flight limit allows). It waits only for requests already admitted and being
-        prepared: a lone request on an idle server runs at once, with no batching delay."""
+        the in-flight limit allows), and its share (``_share``) leaves room. It waits only for
+        requests already admitted and being prepared, and only where no other replica is free
+        to take them: a lone request on an idle server runs at once, with no batching delay."""
         cfg = self.cfg
         limit = cfg.max_inflight_per_replica or cfg.max_batch_size
         with self.cond:
@@ -262,14 +263,15 @@ class DynamicBatcher:
             batch, size = [first], len(first.items)
             deadline = time.monotonic() + cfg.max_wait_ms / 1000.0
             while True:
-                share = self._share(replica, size + sum(len(r.items) for r in self.pending))
-                mates = self._take_closest(first.length, min(cfg.max_batch_size, share) - size,
-                                           limit - len(batch))
+                # Requests being prepared count as one item each: they are on their way.
+                waiting = size + sum(len(r.items) for r in self.pending) + self.preparing
+                room = min(cfg.max_batch_size, self._share(replica, waiting))
+                mates = self._take_closest(first.length, max(room - size, 0), limit - len(batch))
                 batch += mates
                 size += sum(len(r.items) for r in mates)
                 # Still waiting after a pick: they did not fit (or are left to another replica),
-                # and no arrival will change that.
-                done = size >= cfg.max_batch_size or len(batch) >= limit or self.pending
+                # and no arrival will change that. A full share: the rest is for the others.
+                done = size >= room or len(batch) >= limit or self.pending
                 if done or not self._wait_for_arrivals(deadline):
                     break
             self.running[replica] = (size, time.monotonic())
