@@ -140,3 +140,19 @@ def test_cli_refuses_a_bad_count_with_exit_2(deep_spec, image_dir, tmp_path, val
     assert proc.returncode == 2, proc.stderr
     assert "--pipeline-stages" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_pipelined_stages_count_the_tokens_the_text_tower_read(deep_spec):
+    """The last part's rows say how many tokens each text was (serve's usage counts them), as the
+    unsplit model's do."""
+    from mmpipe.records import Item
+    from mmpipe.serve.served import served_model
+
+    clip = load_embedder(deep_spec)
+    texts = ["a photo of two dogs", "cat"]
+    want = [len(clip.preprocessor.text(t)) for t in texts]
+    assert want[0] > want[1]
+    for options in (EmbeddingOptions(batch_size=2), EmbeddingOptions(pipeline_stages=2, batch_size=2)):
+        served = served_model("clip", embedding_stages(clip, options))
+        rows = served.predict(served.prepare([Item(id=str(i), text=t) for i, t in enumerate(texts)]))
+        assert [r.text_tokens for r in rows] == want

@@ -62,6 +62,7 @@ class Scored:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    text_tokens: int | None = None  # tokens the text model read of ``text``, after its truncation
 
 
 Record = Item | Decoded | Scored

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import numpy as np
 
@@ -39,7 +38,6 @@ class EmbeddingModel:
     served: ServedModel
     spec: ModelSpec
     dim: int
-    tokenize: Callable[[str], np.ndarray]  # what the model reads of a text, for usage
     images: bool  # an image-text embedder embeds images too; a sentence encoder only texts
     settings: Embeddings  # as configured, with the defaults that follow the model resolved
     variant: dict  # precision, runtime and, for a faster variant, its accuracy vs eager fp32
@@ -73,7 +71,7 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
         model = gated_embedder(loaded, variant, gate, options.batch_size,
                                partial(run_here, resources=model_resources(options)))
         return EmbeddingModel(served_model(name, embedding_stages(model, options)), spec, model.dim,
-                              model.preprocessor.text, True, _with_replicas(e, 1), model.describe())
+                              True, _with_replicas(e, 1), model.describe())
     encoder = load_text_encoder(spec, e.device, e.allow_pickle)
     settings = _with_replicas(e, 1)
     if not variant.is_reference:
@@ -84,7 +82,7 @@ def embedding_model(config: ServeConfig) -> EmbeddingModel:
         threads = max(1, cores // settings.replicas)
         encoder = gated_text_encoder(encoder, variant, e.device, gate, threads)
     return EmbeddingModel(served_model(name, text_embedding_stages(encoder, e.max_batch_size)), spec,
-                          encoder.dim, encoder.tokenize, False, settings,
+                          encoder.dim, False, settings,
                           encoder.variant or {"precision": "fp32", "runtime": "eager", "accuracy": None})
 
 
@@ -145,7 +143,8 @@ async def embed_request(body: dict, batcher: DynamicBatcher, model: EmbeddingMod
         # A cut vector is made unit length again, as OpenAI's shortened embeddings are.
         vector = full if dims == len(full) else full[:dims] / max(float(np.linalg.norm(full[:dims])), 1e-12)
         data.append({"object": "embedding", "index": i, "embedding": _encode(vector, encoding)})
-    tokens = sum(len(model.tokenize(it.text)) for it in items if it.data is None)
+    # As the model read them: counted when the texts were tokenized for it, not again here.
+    tokens = sum(r.text_tokens for it, r in zip(items, records) if it.data is None)
     return {"object": "list", "data": data, "model": name,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens,
                       "images": sum(it.data is not None for it in items)}}

@@ -101,7 +101,8 @@ class TextTowerBatch:
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Decoded]:
         texts = _where_present([r.tokens for r in batch], self.embedder.embed_texts)
-        return [r if v is None else replace(r, tokens=None, outputs={**r.outputs, "text_embedding": v})
+        # The tokens stay (a few hundred bytes): the last stage counts what the model read.
+        return [r if v is None else replace(r, outputs={**r.outputs, "text_embedding": v})
                 for r, v in zip(batch, texts)]
 
 
@@ -137,4 +138,5 @@ def _where_present(inputs: list[np.ndarray | None],
 def _scored(r: Decoded, **vectors: np.ndarray | None) -> Scored:
     """``r``'s output row: what earlier stages found plus ``vectors``, absent ones left out."""
     outputs = {**r.outputs, **{k: v for k, v in vectors.items() if v is not None}}
-    return Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height, outputs=outputs)
+    return Scored(id=r.id, uri=r.uri, text=r.text, width=r.width, height=r.height, outputs=outputs,
+                  text_tokens=None if r.tokens is None else len(r.tokens))

@@ -27,5 +27,6 @@ class TextEmbedBatch:
 
     def __call__(self, batch: Sequence[Decoded]) -> list[Scored]:
         vectors = self.encoder.embed_texts([r.tokens for r in batch])
-        return [Scored(id=r.id, uri=r.uri, text=r.text, outputs={"text_embedding": v})
+        return [Scored(id=r.id, uri=r.uri, text=r.text, outputs={"text_embedding": v},
+                       text_tokens=len(r.tokens))
                 for r, v in zip(batch, vectors)]
