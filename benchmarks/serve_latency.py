@@ -7,10 +7,10 @@ against the default delay budget of three full batches' time. They are started o
 other so that they never share the CPU; this process is the open-loop Poisson load generator
 (`mmpipe.loadtest`).
 
-First the model alone, in this process: milliseconds per text at batch sizes 1 to 32, the most
-batching can gain. Then, for each server: the unloaded latency (a trickle of requests), then a
-sweep of offered rates, refined by bisection around the p99 budget (`serve_runs.py`; each run
-starts on a quiet CPU).
+First the model alone, in this process, as the servers run it on one replica: milliseconds per
+text at batch sizes 1 to 32, the most batching can gain. Then, for each server: the unloaded
+latency (a trickle of requests), then a sweep of offered rates, refined by bisection around the
+p99 budget (`serve_runs.py`; each run starts on a quiet CPU).
 Figures, for each dynamic configuration:
 1. throughput at an equal p99 budget: the best 200-throughput with p99 <= BUDGET_MS and no
    refusals, dynamic / batch-1 (target >= 3);
@@ -40,9 +40,10 @@ from pathlib import Path
 
 from mmpipe.config import usable_cores
 from mmpipe.loadtest import LoadResult
-from mmpipe.models import ModelSpec
-from mmpipe.models.text_encoder import load_text_encoder
+from mmpipe.records import Item
 from mmpipe.sample_data import SOURCES
+from mmpipe.serve.config import load_serve_config
+from mmpipe.serve.embeddings import embedding_model
 from mmpipe.serve.process import serve_process
 from serve_runs import BUDGET_MS, Target, bodies, busy_cores, capacity, refusal_floor, show, within_budget
 
@@ -63,18 +64,20 @@ CAPTIONS = [s.caption for s in SOURCES]
 
 def model_alone(batch_sizes=(1, 4, 8, 16, 32), rounds: int = 30) -> dict[int, float]:
     """Milliseconds per text of the model alone, in this process, at each batch size: the most
-    batching can gain, before any per-request cost (HTTP, JSON, the load generator)."""
-    encoder = load_text_encoder(ModelSpec.parse(MODEL))
-    model, rng = encoder.make_encoder(), random.Random(0)
-    tokens = [encoder.tokenize(text) for text in CAPTIONS]
+    batching can gain, before any per-request cost (HTTP, JSON, the load generator). The model
+    as the servers run it (`mmpipe serve`'s default runtime, one replica's share of the cores),
+    on one replica: the texts tokenized, then batches of them run."""
+    served = embedding_model(load_serve_config(None, embedding_model=MODEL)).served
+    rng = random.Random(0)
     per_item = {}
     for size in batch_sizes:
-        batches = [rng.choices(tokens, k=size) for _ in range(rounds + 5)]
+        batches = [served.prepare([Item(id="t", text=t) for t in rng.choices(CAPTIONS, k=size)])
+                   for _ in range(rounds + 5)]
         for batch in batches[:5]:  # warm-up
-            model.embed_texts(batch)
+            served.predict(batch)
         t0 = time.perf_counter()
         for batch in batches[5:]:
-            model.embed_texts(batch)
+            served.predict(batch)
         per_item[size] = (time.perf_counter() - t0) * 1000 / (rounds * size)
     return per_item
 
@@ -104,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     step_s, hold_s = (4, 8) if args.quick else (8, 20)
     alone = model_alone()
-    print("the model alone, ms per text by batch size: "
+    print("the model alone, one replica, ms per text by batch size: "
           + ", ".join(f"{b}: {ms:.2f}" for b, ms in alone.items())
           + f" (batching gains at most {alone[1] / min(alone.values()):.2f}x)", flush=True)
     curves, unloaded, caps, budget, at70, over, cores, floor = {}, {}, {}, {}, {}, {}, {}, {}
