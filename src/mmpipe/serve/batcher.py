@@ -291,10 +291,9 @@ class DynamicBatcher:
         batch waited for one, then ran in a batch of all that came meanwhile, while the other
         replica, freed a moment later, found nothing to do; under moderate load those requests
         made the tail. Under overload the queue is long and batches stay full."""
-        full = self.batch_times.seconds(self.cfg.max_batch_size)
-        if full is None or self.cfg.buckets or len(self.running) == 1:
-            return items  # nothing timed yet; or padded shapes, which a split would not shorten
         a = self.batch_times.seconds(0)
+        if a is None or self.cfg.buckets or len(self.running) == 1:
+            return items  # nothing timed yet; or padded shapes, which a split would not shorten
         b = self.batch_times.seconds(1) - a
         if b <= 0:
             return items  # no cost per item: a split would only add batches
