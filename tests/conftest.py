@@ -231,21 +231,23 @@ def assert_same_rows(got: dict[str, dict], want: dict[str, dict], atol: float = 
 
 
 class RunningServer:
-    """A real uvicorn server on 127.0.0.1 (a free port, or ``port``) running ``app`` in a thread."""
+    """A real uvicorn server on 127.0.0.1 (a free port, or ``port``) running ``app`` in a thread;
+    on https with ``tls`` (certificate and key files)."""
 
-    def __init__(self, app, port: int = 0):
+    def __init__(self, app, port: int = 0, tls: tuple[Path, Path] | None = None):
         import uvicorn
 
         self.app = app
+        cert, key = tls or (None, None)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port,
-                                                    log_level="warning"))
+                                                    log_level="warning", ssl_certfile=cert, ssl_keyfile=key))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started and time.monotonic() < deadline:
             time.sleep(0.02)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
     def stop(self):
         self.server.should_exit = True

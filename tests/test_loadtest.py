@@ -10,6 +10,9 @@ import json
 import socket
 import threading
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -21,6 +24,7 @@ from typer.testing import CliRunner
 from mmpipe.cli import app as cli_app
 from mmpipe.cli import main
 from mmpipe.errors import ConfigError
+from mmpipe.loadtest.client import Pool, Shot, request_bytes
 from mmpipe.loadtest import load_payloads, parse_rates, plot, problems, run_load, run_sweep, write_json
 from mmpipe.sample_moderation import COMMENTS
 from tests.conftest import RunningServer
@@ -51,8 +55,8 @@ def scripted_app(delay_s: float = 0.0, *, serial: bool = False, refuse_every_oth
 
 
 @contextmanager
-def serving(app) -> Iterator[RunningServer]:
-    server = RunningServer(app)
+def serving(app, tls: tuple[Path, Path] | None = None) -> Iterator[RunningServer]:
+    server = RunningServer(app, tls=tls)
     try:
         yield server
     finally:
@@ -318,3 +322,74 @@ def test_rates_and_urls_are_checked_before_anything_is_sent():
         run_load("localhost:8000", "moderations", 5, 1)
     with pytest.raises(ConfigError, match=r"^--batch: applies to texts"):
         run_load("http://127.0.0.1:9", "moderations", 5, 1, payloads=[{"input": "a"}], batch=2)
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, its own authority, and its key (PEM files)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mmpipe test")])
+    now = datetime.now(timezone.utc)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.mark.slow
+def test_an_https_server_is_loaded_over_tls_trusting_ssl_cert_file(tmp_path, monkeypatch):
+    tls = certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls[0]))  # how OpenSSL, so the client, learns to trust it
+    app = scripted_app()
+    with serving(app, tls) as server:
+        assert server.url.startswith("https://")
+        result = run_load(server.url, "moderations", 40, 1.0, seed=4, progress=False)
+    assert result.sent >= 20 and result.statuses == {"200": result.sent}
+    assert len(app.state.bodies) == result.sent  # the GET that checked the server has no body
+
+
+def test_an_untrusted_certificate_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with serving(scripted_app(), certificate(tmp_path)) as server:
+        with pytest.raises(SystemExit) as exit_:
+            main(["loadtest", server.url, "--duration", "1"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert err.startswith(f"mmpipe: error: URL: cannot connect to {server.url}/v1/moderations")
+    assert "CERTIFICATE_VERIFY_FAILED" in err
+
+
+def test_closing_the_pool_cancels_a_connection_still_being_made():
+    """A TLS handshake the server never answers (it listens but never reads): closing the pool
+    must not leave the connection to open later."""
+    async def scenario(url: str) -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        pool = Pool(url, 1)
+        pool.send(Shot(request_bytes(url), loop.time(), loop.time() + 30))
+        await asyncio.sleep(0.2)
+        connecting = len(pool.connects)
+        pool.close()
+        await asyncio.sleep(0.05)
+        return connecting, len(pool.connects)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        assert asyncio.run(scenario(f"https://127.0.0.1:{silent.getsockname()[1]}")) == (1, 0)

@@ -106,6 +106,10 @@ class Pool:
             await self.drained
 
     def close(self) -> None:
+        # A connection still being made (a TLS handshake a server never answers) would otherwise
+        # open after the pool closed, and stay open.
+        for task in self.connects:
+            task.cancel()
         for conn in [*self.idle, *self.busy]:
             conn.transport.close()
         if self.timer is not None:
