@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from mmpipe.cli import app as cli_app
 from mmpipe.cli import main
 from mmpipe.errors import ConfigError
-from mmpipe.loadtest.client import Pool, Shot, request_bytes
 from mmpipe.loadtest import load_payloads, parse_rates, plot, problems, run_load, run_sweep, write_json
+from mmpipe.loadtest.client import Pool, Shot, request_bytes
 from mmpipe.sample_moderation import COMMENTS
 from tests.conftest import RunningServer
 
